@@ -1,0 +1,294 @@
+//! What counts as "the same request": a record is identified by a scope
+//! chosen by the application and the client's idempotency key.
+
+use std::fmt;
+
+use crate::config::Limits;
+use crate::error::{Error, Result};
+
+/// The identity of one logical write: `(scope, key)`.
+///
+/// * `scope` is the application's namespace: a tenant, organisation or
+///   API-key id, optionally with the route. Records in two scopes never see
+///   each other.
+/// * `key` is the client's `Idempotency-Key`: 1 to 255 bytes of visible ASCII
+///   (0x20..=0x7E, the RFC 8941 sf-string alphabet) by default.
+///
+/// Construction validates against [`Limits::default`]; a store with other
+/// limits checks them again on every call, and [`IdempotencyKey::with_limits`]
+/// or [`Store::key`](crate::Store::key) build keys against custom limits.
+///
+/// ```
+/// use idemlog::IdempotencyKey;
+/// let key = IdempotencyKey::new("tenant-42", "8e03978e-40d5-43e8-bc93-6894a57f9324")?;
+/// assert_eq!(key.key(), "8e03978e-40d5-43e8-bc93-6894a57f9324");
+/// assert!(IdempotencyKey::new("tenant-42", "tab\there").is_err());
+/// # Ok::<(), idemlog::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey {
+    scope: Box<[u8]>,
+    key: Box<str>,
+}
+
+impl IdempotencyKey {
+    /// Validates `scope` and `key` against the default [`Limits`].
+    pub fn new(scope: impl AsRef<[u8]>, key: impl AsRef<str>) -> Result<Self> {
+        Self::with_limits(scope, key, &Limits::default())
+    }
+
+    /// Validates `scope` and `key` against `limits`.
+    pub fn with_limits(
+        scope: impl AsRef<[u8]>,
+        key: impl AsRef<str>,
+        limits: &Limits,
+    ) -> Result<Self> {
+        let (scope, key) = (scope.as_ref(), key.as_ref());
+        validate(scope, key, limits)?;
+        Ok(IdempotencyKey {
+            scope: scope.into(),
+            key: key.into(),
+        })
+    }
+
+    /// Builds the identity of a request to `method path`, placing the route
+    /// where `placement` says: in the scope (the same key on another route is
+    /// a new record) or left for the fingerprint (the same key on another
+    /// route is a conflict; see [`Fingerprinter::route`](crate::Fingerprinter::route)).
+    pub fn for_route(
+        scope: impl AsRef<[u8]>,
+        key: impl AsRef<str>,
+        method: &str,
+        path: &str,
+        placement: RoutePlacement,
+        limits: &Limits,
+    ) -> Result<Self> {
+        match placement {
+            RoutePlacement::Fingerprint => Self::with_limits(scope, key, limits),
+            RoutePlacement::Scope => {
+                let scope = scope.as_ref();
+                let mut routed = Vec::with_capacity(scope.len() + method.len() + path.len() + 2);
+                routed.extend_from_slice(scope);
+                // 0x1F (unit separator) cannot appear in a method and keeps
+                // "tenant" + "POST /a" apart from other splits of the bytes.
+                routed.push(0x1F);
+                routed.extend_from_slice(method.as_bytes());
+                routed.push(b' ');
+                routed.extend_from_slice(path.as_bytes());
+                Self::with_limits(routed, key, limits)
+            }
+        }
+    }
+
+    /// The application's scope bytes.
+    pub fn scope(&self) -> &[u8] {
+        &self.scope
+    }
+
+    /// The client's key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Checks this identity against a store's limits, which may be stricter or
+    /// looser than the ones it was built with.
+    pub(crate) fn check(&self, limits: &Limits) -> Result<()> {
+        validate(&self.scope, &self.key, limits)
+    }
+
+    /// Builds a key from stored parts without re-validating (the store
+    /// validated them when they were written).
+    pub(crate) fn from_stored(scope: Box<[u8]>, key: Box<str>) -> Self {
+        IdempotencyKey { scope, key }
+    }
+}
+
+impl fmt::Debug for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyKey")
+            .field("scope", &String::from_utf8_lossy(&self.scope))
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+fn validate(scope: &[u8], key: &str, limits: &Limits) -> Result<()> {
+    if scope.len() > limits.max_scope_len {
+        return Err(Error::ScopeTooLong {
+            len: scope.len(),
+            limit: limits.max_scope_len,
+        });
+    }
+    if key.is_empty() {
+        return Err(Error::EmptyKey {
+            limit: limits.max_key_len,
+        });
+    }
+    if key.len() > limits.max_key_len {
+        return Err(Error::KeyTooLong {
+            len: key.len(),
+            limit: limits.max_key_len,
+        });
+    }
+    if let Some((position, &byte)) = key
+        .as_bytes()
+        .iter()
+        .enumerate()
+        .find(|(_, b)| !(0x20..=0x7E).contains(*b))
+    {
+        return Err(Error::InvalidKeyByte { byte, position });
+    }
+    Ok(())
+}
+
+/// Where the request's route (method and path) goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RoutePlacement {
+    /// Route in the fingerprint (the default, as Stripe does): reusing a key
+    /// on another method or path is a conflict.
+    #[default]
+    Fingerprint,
+    /// Route in the scope: the same key on another route is a separate record.
+    Scope,
+}
+
+/// A store-local hash of an identity: where to look, never proof of a match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IdentityHash {
+    /// Hash for the shard's table.
+    pub(crate) table: u64,
+    /// Independent bits choosing the shard, so that the table's own bits stay
+    /// uniformly distributed inside every shard.
+    pub(crate) shard: u32,
+}
+
+impl IdentityHash {
+    /// Keyed blake3 over the length-prefixed identity, so that clients who
+    /// choose keys cannot aim them all at one shard without the store's secret.
+    pub(crate) fn new(secret: &[u8; 32], id: &IdempotencyKey) -> Self {
+        let mut h = blake3::Hasher::new_keyed(secret);
+        h.update(&(id.scope.len() as u64).to_le_bytes());
+        h.update(&id.scope);
+        h.update(id.key.as_bytes());
+        let out = h.finalize();
+        let b = out.as_bytes();
+        IdentityHash {
+            table: u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+            shard: u32::from_le_bytes([b[8], b[9], b[10], b[11]]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(key: usize, scope: usize) -> Limits {
+        Limits {
+            max_key_len: key,
+            max_scope_len: scope,
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn key_length_at_below_and_above_the_limit() {
+        let l = limits(8, 16);
+        assert!(IdempotencyKey::with_limits("s", "1234567", &l).is_ok());
+        assert!(IdempotencyKey::with_limits("s", "12345678", &l).is_ok());
+        let err = IdempotencyKey::with_limits("s", "123456789", &l).unwrap_err();
+        assert!(
+            matches!(err, Error::KeyTooLong { len: 9, limit: 8 }),
+            "got {err:?}"
+        );
+    }
+
+    #[test]
+    fn default_key_limit_is_255() {
+        assert!(IdempotencyKey::new("", "k".repeat(255)).is_ok());
+        let err = IdempotencyKey::new("", "k".repeat(256)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::KeyTooLong {
+                    len: 256,
+                    limit: 255
+                }
+            ),
+            "got {err:?}"
+        );
+    }
+
+    #[test]
+    fn empty_key_is_rejected() {
+        let err = IdempotencyKey::new("s", "").unwrap_err();
+        assert!(matches!(err, Error::EmptyKey { limit: 255 }), "got {err:?}");
+    }
+
+    #[test]
+    fn key_alphabet_is_visible_ascii() {
+        assert!(IdempotencyKey::new("", " ~!\"#azAZ09").is_ok());
+        for (key, byte, position) in [
+            ("a\tb", 0x09u8, 1usize),
+            ("\u{7f}", 0x7f, 0),
+            ("é", 0xc3, 0),
+            ("ab\n", 0x0a, 2),
+        ] {
+            let err = IdempotencyKey::new("", key).unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidKeyByte { byte: b, position: p } if b == byte && p == position),
+                "{key:?}: got {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn scope_length_at_below_and_above_the_limit() {
+        let l = limits(255, 4);
+        assert!(IdempotencyKey::with_limits("", "k", &l).is_ok());
+        assert!(IdempotencyKey::with_limits("abcd", "k", &l).is_ok());
+        let err = IdempotencyKey::with_limits("abcde", "k", &l).unwrap_err();
+        assert!(
+            matches!(err, Error::ScopeTooLong { len: 5, limit: 4 }),
+            "got {err:?}"
+        );
+        assert!(IdempotencyKey::new(vec![0u8; 1024], "k").is_ok());
+        assert!(matches!(
+            IdempotencyKey::new(vec![0u8; 1025], "k"),
+            Err(Error::ScopeTooLong {
+                len: 1025,
+                limit: 1024
+            })
+        ));
+    }
+
+    #[test]
+    fn route_in_scope_separates_routes() {
+        let l = Limits::default();
+        let a =
+            IdempotencyKey::for_route("t", "k", "POST", "/a", RoutePlacement::Scope, &l).unwrap();
+        let b =
+            IdempotencyKey::for_route("t", "k", "POST", "/b", RoutePlacement::Scope, &l).unwrap();
+        let c = IdempotencyKey::for_route("t", "k", "POST", "/a", RoutePlacement::Fingerprint, &l)
+            .unwrap();
+        let d = IdempotencyKey::for_route("t", "k", "POST", "/b", RoutePlacement::Fingerprint, &l)
+            .unwrap();
+        assert_ne!(a, b);
+        assert_eq!(c, d);
+        assert_eq!(a.scope(), b"t\x1fPOST /a");
+    }
+
+    #[test]
+    fn identity_hash_depends_on_secret_and_framing() {
+        let k1 = IdempotencyKey::new("ab", "c").unwrap();
+        let k2 = IdempotencyKey::new("a", "bc").unwrap();
+        let s1 = [1u8; 32];
+        let s2 = [2u8; 32];
+        assert_ne!(IdentityHash::new(&s1, &k1), IdentityHash::new(&s1, &k2));
+        assert_ne!(IdentityHash::new(&s1, &k1), IdentityHash::new(&s2, &k1));
+        assert_eq!(
+            IdentityHash::new(&s1, &k1),
+            IdentityHash::new(&s1, &k1.clone())
+        );
+    }
+}

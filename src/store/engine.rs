@@ -1,0 +1,99 @@
+//! The boundary between the store's decisions and the storage under them.
+//!
+//! An engine only finds and stores records, atomically per identity. All
+//! decisions are made by the caller's closure (which calls
+//! [`crate::decision`]), so the in-memory, durable and sled engines cannot
+//! disagree about outcomes.
+
+use std::time::Duration;
+
+use crate::clock::Timestamp;
+use crate::error::Result;
+use crate::identity::{IdempotencyKey, IdentityHash};
+use crate::record::Record;
+
+/// An identity with its store-local hash, computed once per operation.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Identity<'a> {
+    pub(crate) key: &'a IdempotencyKey,
+    pub(crate) hash: IdentityHash,
+}
+
+/// What a decision does to the stored record.
+#[derive(Debug)]
+pub(crate) enum Change {
+    /// Nothing.
+    Keep,
+    /// Nothing durable; the stored record was replayed (engines count it).
+    Replayed,
+    /// Store this record in place of whatever was there.
+    Put(Record),
+    /// Delete the record.
+    Remove,
+}
+
+/// Engine-side figures for [`Stats`](crate::Stats).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EngineStats {
+    pub(crate) live_records: u64,
+    pub(crate) in_flight: u64,
+    pub(crate) segments: u64,
+    pub(crate) bytes_on_disk: u64,
+    pub(crate) bytes_live: u64,
+    pub(crate) last_sync_latency: Option<Duration>,
+    pub(crate) syncs: u64,
+    pub(crate) records_synced: u64,
+}
+
+/// What one maintenance pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MaintenanceReport {
+    /// Expired records removed from the index.
+    pub expired: u64,
+    /// Log segments deleted.
+    pub segments_deleted: u64,
+    /// Live records copied forward out of old segments.
+    pub records_copied: u64,
+    /// Bytes of disk space given back.
+    pub bytes_reclaimed: u64,
+    /// True when the pass stopped at its work bound and more remains.
+    pub more_work: bool,
+}
+
+/// Storage under a [`Store`](crate::Store).
+pub(crate) trait Engine: Send + Sync + 'static {
+    /// Reads the record of `id` (expired or not) and applies the change that
+    /// `decide` returns, atomically with respect to every other call on the
+    /// same identity. `decide` may be called more than once (optimistic
+    /// engines retry); only the last call's change is applied. Returns after
+    /// the change is as durable as the store's durability asks, and never
+    /// lets `decide` see a record that is not yet that durable before
+    /// returning.
+    fn update(
+        &self,
+        id: Identity<'_>,
+        decide: &mut dyn FnMut(Option<&Record>) -> Change,
+    ) -> Result<()>;
+
+    /// The record of `id`, expired or not.
+    fn get(&self, id: Identity<'_>) -> Result<Option<Record>>;
+
+    /// Removes records expired at `now` and reclaims their space, bounded in
+    /// work per call.
+    fn maintain(&self, now: Timestamp) -> Result<MaintenanceReport>;
+
+    /// Current figures.
+    fn stats(&self) -> EngineStats;
+
+    /// Makes everything written so far durable.
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// The largest fencing token found in storage when it was opened, so
+    /// new tokens continue above it.
+    fn max_token(&self) -> u64 {
+        0
+    }
+}

@@ -1,0 +1,710 @@
+//! The public face of idemlog: [`Store`], [`Outcome`] and [`Reservation`].
+//!
+//! The store validates input, hashes identities, calls the pure decision
+//! table in [`crate::decision`] inside its engine's per-identity critical
+//! section, and counts what happened. Engines only keep records.
+
+mod counters;
+pub(crate) mod engine;
+mod maintenance;
+pub(crate) mod memory;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::clock::Timestamp;
+use crate::config::Config;
+use crate::decision::{self, Decision};
+use crate::error::{Error, Result};
+use crate::fingerprint::Fingerprint;
+use crate::identity::{IdempotencyKey, IdentityHash};
+use crate::record::{Record, RecordState};
+use counters::{Counters, Event};
+pub use engine::MaintenanceReport;
+use engine::{Change, Engine, Identity};
+use maintenance::MaintenanceThread;
+use memory::MemoryEngine;
+
+/// The idempotency store. Cheap to clone; clones share one store. The
+/// background maintenance thread stops, and the engine flushes, when the last
+/// clone is dropped.
+///
+/// ```
+/// use idemlog::{Config, Fingerprint, Outcome, Store};
+///
+/// let store = Store::in_memory(Config::default());
+/// let key = store.key("tenant-1", "order-7f3a")?;
+/// let body = br#"{"amount": 1200, "currency": "eur"}"#;
+/// let fp = Fingerprint::of_json(body)?;
+///
+/// match store.reserve(&key, &fp)? {
+///     Outcome::Acquired(reservation) => {
+///         let response = b"201 charge ch_1".to_vec(); // run the write once
+///         reservation.complete(response)?;
+///     }
+///     other => panic!("a fresh key is acquired, got {other:?}"),
+/// }
+/// // The client retries: it gets the stored response back.
+/// let Outcome::Replay(replay) = store.reserve(&key, &fp)? else { panic!() };
+/// assert_eq!(&replay.response[..], b"201 charge ch_1");
+/// # Ok::<(), idemlog::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Store {
+    // Declared first so the thread is joined before the last `Shared` goes.
+    _maintenance: Arc<MaintenanceThread>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("engine", &self.shared.engine_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// State shared by a store's clones, its reservations and its background
+/// thread.
+pub(crate) struct Shared {
+    engine: Box<dyn Engine>,
+    engine_name: &'static str,
+    config: Config,
+    secret: [u8; 32],
+    counters: Counters,
+    poison: Mutex<Option<String>>,
+}
+
+/// Per-call settings for [`Store::reserve_with`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReserveOptions {
+    /// The lease of this reservation, instead of [`Config::lease`].
+    pub lease: Option<Duration>,
+    /// How long the response replays once completed, instead of
+    /// [`Config::ttl`].
+    pub ttl: Option<Duration>,
+}
+
+impl ReserveOptions {
+    /// Sets the lease.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+    /// Sets the TTL.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+}
+
+/// The answer to `reserve`. Losing a race is an outcome, not an error.
+#[derive(Debug)]
+#[must_use = "an Acquired reservation must be completed or released"]
+pub enum Outcome<R = Reservation> {
+    /// The caller owns the record: run the write, then `complete` (or
+    /// `release` to let a retry run it again).
+    Acquired(R),
+    /// The same request completed earlier: answer with this response.
+    Replay(Replay),
+    /// The same request is running now under a live lease.
+    InProgress {
+        /// Time until the lease runs out; a retry after it may take over.
+        retry_after: Duration,
+        /// Attempt number of the reservation that is running.
+        attempt: u32,
+    },
+    /// The key was used for a different request (different fingerprint).
+    Conflict {
+        /// Whether the earlier request is still in flight.
+        in_flight: bool,
+    },
+}
+
+impl<R> Outcome<R> {
+    /// Applies `f` to an acquired reservation, keeping every other outcome.
+    pub fn map<S>(self, f: impl FnOnce(R) -> S) -> Outcome<S> {
+        match self {
+            Outcome::Acquired(r) => Outcome::Acquired(f(r)),
+            Outcome::Replay(r) => Outcome::Replay(r),
+            Outcome::InProgress {
+                retry_after,
+                attempt,
+            } => Outcome::InProgress {
+                retry_after,
+                attempt,
+            },
+            Outcome::Conflict { in_flight } => Outcome::Conflict { in_flight },
+        }
+    }
+}
+
+/// A stored response handed back for a retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Replay {
+    /// The response exactly as it was stored.
+    pub response: Bytes,
+    /// When it was stored.
+    pub completed_at: Timestamp,
+    /// When the record stops replaying.
+    pub expires_at: Timestamp,
+    /// How many reservations the request took (1 + takeovers).
+    pub attempts: u32,
+}
+
+/// A held reservation as plain data: what remote backends and the HTTP layer
+/// pass around. The embedded store's [`Reservation`] wraps one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Lease {
+    /// The identity held.
+    pub key: IdempotencyKey,
+    /// The fencing token: only the holder of the current token can change
+    /// the record.
+    pub token: u64,
+    /// 1 for the first reservation, +1 per takeover.
+    pub attempt: u32,
+    /// When the lease runs out.
+    pub lease_until: Timestamp,
+    /// TTL the response gets when completed.
+    pub ttl: Duration,
+    /// The checkpoint left by the previous holder, on a takeover.
+    pub checkpoint: Option<Bytes>,
+}
+
+impl Lease {
+    /// Builds a lease from its parts, for backends.
+    pub fn new(
+        key: IdempotencyKey,
+        token: u64,
+        attempt: u32,
+        lease_until: Timestamp,
+        ttl: Duration,
+        checkpoint: Option<Bytes>,
+    ) -> Self {
+        Lease {
+            key,
+            token,
+            attempt,
+            lease_until,
+            ttl,
+            checkpoint,
+        }
+    }
+}
+
+/// Figures about a store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Records in the index, in flight or completed (expired ones count
+    /// until maintenance removes them).
+    pub live_records: u64,
+    /// Records in flight.
+    pub in_flight: u64,
+    /// `reserve` calls answered `Acquired` (takeovers included).
+    pub acquired: u64,
+    /// `reserve` calls answered `Replay`.
+    pub replayed: u64,
+    /// `reserve` calls answered `Conflict`.
+    pub conflicts: u64,
+    /// `reserve` calls answered `InProgress`.
+    pub in_progress: u64,
+    /// Acquisitions that took over an expired lease.
+    pub takeovers: u64,
+    /// Expired records removed by maintenance or replaced by a new request.
+    pub expired: u64,
+    /// Reservations completed.
+    pub completed: u64,
+    /// Reservations released (explicitly or by drop).
+    pub released: u64,
+    /// Log segment files (durable store).
+    pub segments: u64,
+    /// Bytes of data files on disk (durable store).
+    pub bytes_on_disk: u64,
+    /// Bytes of live records on disk (durable store).
+    pub bytes_live: u64,
+    /// How long the last sync took (durable store).
+    pub last_sync_latency: Option<Duration>,
+    /// Syncs issued (durable store).
+    pub syncs: u64,
+    /// Records covered by those syncs (durable store).
+    pub records_synced: u64,
+}
+
+impl Store {
+    /// A store that keeps records in memory only, for tests, caches and
+    /// single-process services that accept losing records on restart.
+    pub fn in_memory(config: Config) -> Store {
+        let engine = MemoryEngine::new(config.shard_count());
+        Store::with_engine(Box::new(engine), "memory", config)
+    }
+
+    pub(crate) fn with_engine(
+        engine: Box<dyn Engine>,
+        engine_name: &'static str,
+        config: Config,
+    ) -> Store {
+        let shared = Arc::new(Shared {
+            counters: Counters::new(engine.max_token()),
+            engine,
+            engine_name,
+            secret: fresh_secret(),
+            poison: Mutex::new(None),
+            config,
+        });
+        let maintenance = MaintenanceThread::start(&shared);
+        Store {
+            _maintenance: Arc::new(maintenance),
+            shared,
+        }
+    }
+
+    /// Builds an identity checked against this store's limits.
+    pub fn key(&self, scope: impl AsRef<[u8]>, key: impl AsRef<str>) -> Result<IdempotencyKey> {
+        IdempotencyKey::with_limits(scope, key, &self.shared.config.limits)
+    }
+
+    /// Decides a request with the store's default lease and TTL. See
+    /// [`reserve_with`](Self::reserve_with).
+    pub fn reserve(&self, key: &IdempotencyKey, fingerprint: &Fingerprint) -> Result<Outcome> {
+        self.reserve_with(key, fingerprint, ReserveOptions::default())
+    }
+
+    /// Decides a request by the table of SPEC §3: a new or expired identity
+    /// is `Acquired`; the same request is `Replay`ed when completed or
+    /// `InProgress` under a live lease, and taken over (`Acquired` with the
+    /// previous checkpoint) once the lease ran out; another request with the
+    /// same key is a `Conflict`.
+    pub fn reserve_with(
+        &self,
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+        options: ReserveOptions,
+    ) -> Result<Outcome> {
+        let lease = self.shared.reserve(key, fingerprint, options)?;
+        Ok(lease.map(|lease| Reservation {
+            shared: Arc::clone(&self.shared),
+            lease,
+            done: false,
+        }))
+    }
+
+    /// The record of `key`, or `None` if there is none or it has expired.
+    pub fn lookup(&self, key: &IdempotencyKey) -> Result<Option<Record>> {
+        self.shared.lookup(key)
+    }
+
+    /// Removes expired records and reclaims space now. The background thread
+    /// calls this every [`Config::maintenance_interval`]; tests call it
+    /// after moving a manual clock.
+    pub fn run_maintenance(&self) -> Result<MaintenanceReport> {
+        self.shared.run_maintenance()
+    }
+
+    /// Current figures.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// Makes every acknowledged operation durable now (a no-op in memory).
+    pub fn flush(&self) -> Result<()> {
+        self.shared.engine.flush()
+    }
+
+    /// The configuration the store runs with.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The store's current time, from its clock.
+    pub fn now(&self) -> Timestamp {
+        self.shared.config.clock.now()
+    }
+
+    /// Completes a held lease (the token-level form behind
+    /// [`Reservation::complete`], for backends and the HTTP layer).
+    pub fn complete_lease(&self, lease: &Lease, response: Bytes) -> Result<()> {
+        self.shared.complete(lease, response, lease.ttl)
+    }
+
+    /// Releases a held lease.
+    pub fn release_lease(&self, lease: &Lease) -> Result<()> {
+        self.shared.release(lease)
+    }
+
+    /// Extends a held lease to `now + lease_for`.
+    pub fn extend_lease(&self, lease: &mut Lease, lease_for: Duration) -> Result<()> {
+        self.shared.extend(lease, lease_for)
+    }
+
+    /// Stores a checkpoint under a held lease.
+    pub fn checkpoint_lease(&self, lease: &Lease, checkpoint: Bytes) -> Result<()> {
+        self.shared.checkpoint(lease, checkpoint)
+    }
+}
+
+fn fresh_secret() -> [u8; 32] {
+    let mut secret = [0u8; 32];
+    if getrandom::fill(&mut secret).is_err() {
+        // No OS randomness: fall back to a per-process value that is still
+        // unknown to clients (addresses and the time), hashed.
+        let mut h = blake3::Hasher::new();
+        h.update(&format!("{:p}", &secret).into_bytes());
+        h.update(&std::process::id().to_le_bytes());
+        h.update(&format!("{:?}", std::time::SystemTime::now()).into_bytes());
+        secret = *h.finalize().as_bytes();
+    }
+    secret
+}
+
+impl Shared {
+    fn identity<'a>(&self, key: &'a IdempotencyKey) -> Identity<'a> {
+        Identity {
+            key,
+            hash: IdentityHash::new(&self.secret, key),
+        }
+    }
+
+    fn check_poison(&self) -> Result<()> {
+        match &*self.poison.lock() {
+            Some(cause) => Err(Error::Poisoned {
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn poison(&self, cause: String) {
+        self.poison.lock().get_or_insert(cause);
+    }
+
+    fn reserve(
+        &self,
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+        options: ReserveOptions,
+    ) -> Result<Outcome<Lease>> {
+        key.check(&self.config.limits)?;
+        self.check_poison()?;
+        let id = self.identity(key);
+        let now = self.config.clock.now();
+        let lease_for = options.lease.unwrap_or(self.config.lease);
+        let ttl = options.ttl.unwrap_or(self.config.ttl);
+        let mut outcome = None;
+        let mut replaced_expired = false;
+        self.engine.update(id, &mut |found| {
+            replaced_expired = found.is_some_and(|r| r.is_expired(now));
+            let (result, change) = match decision::decide(found, fingerprint, now) {
+                Decision::Acquire { takeover } => {
+                    let token = self.counters.next_token(id.hash.shard);
+                    let record = decision::acquired_record(
+                        found,
+                        takeover,
+                        key,
+                        fingerprint,
+                        now,
+                        lease_for,
+                        ttl,
+                        token,
+                    );
+                    let lease = Lease {
+                        key: key.clone(),
+                        token,
+                        attempt: record.attempts,
+                        lease_until: now.saturating_add(lease_for),
+                        ttl,
+                        checkpoint: record.checkpoint.clone(),
+                    };
+                    ((Outcome::Acquired(lease), takeover), Change::Put(record))
+                }
+                Decision::Replay => {
+                    let Some(r) = found else {
+                        unreachable!("decide replays only a found record")
+                    };
+                    let RecordState::Completed {
+                        completed_at,
+                        response,
+                    } = &r.state
+                    else {
+                        unreachable!("decide replays only a completed record")
+                    };
+                    let replay = Replay {
+                        response: response.clone(),
+                        completed_at: *completed_at,
+                        expires_at: r.expires_at,
+                        attempts: r.attempts,
+                    };
+                    ((Outcome::Replay(replay), false), Change::Replayed)
+                }
+                Decision::InProgress { retry_after } => {
+                    let attempt = found.map_or(1, |r| r.attempts);
+                    (
+                        (
+                            Outcome::InProgress {
+                                retry_after,
+                                attempt,
+                            },
+                            false,
+                        ),
+                        Change::Keep,
+                    )
+                }
+                Decision::Conflict { in_flight } => {
+                    ((Outcome::Conflict { in_flight }, false), Change::Keep)
+                }
+            };
+            outcome = Some(result);
+            change
+        })?;
+        let Some((outcome, takeover)) = outcome else {
+            unreachable!("every engine calls the decision at least once")
+        };
+        let selector = id.hash.shard;
+        let event = match &outcome {
+            Outcome::Acquired(_) => Event::Acquired,
+            Outcome::Replay(_) => Event::Replayed,
+            Outcome::InProgress { .. } => Event::InProgress,
+            Outcome::Conflict { .. } => Event::Conflict,
+        };
+        self.counters.add(selector, event, 1);
+        if takeover {
+            self.counters.add(selector, Event::Takeover, 1);
+        }
+        if replaced_expired {
+            self.counters.add(selector, Event::Expired, 1);
+        }
+        Ok(outcome)
+    }
+
+    /// Runs `change` on the record held by `lease`, if the lease's token is
+    /// still current.
+    fn with_held(&self, lease: &Lease, mut change: impl FnMut(&Record) -> Change) -> Result<()> {
+        self.check_poison()?;
+        let id = self.identity(&lease.key);
+        let mut denied = None;
+        self.engine.update(
+            id,
+            &mut |found| match decision::authorize(found, lease.token) {
+                Ok(held) => {
+                    denied = None;
+                    change(held)
+                }
+                Err(e) => {
+                    denied = Some(e);
+                    Change::Keep
+                }
+            },
+        )?;
+        denied.map_or(Ok(()), Err)
+    }
+
+    fn complete(&self, lease: &Lease, response: Bytes, ttl: Duration) -> Result<()> {
+        let limit = self.config.limits.max_response_len;
+        if response.len() > limit {
+            return Err(Error::ResponseTooLarge {
+                len: response.len(),
+                limit,
+            });
+        }
+        let now = self.config.clock.now();
+        self.with_held(lease, |held| {
+            Change::Put(decision::completed_record(held, response.clone(), now, ttl))
+        })?;
+        self.counters.add(
+            IdentityHash::new(&self.secret, &lease.key).shard,
+            Event::Completed,
+            1,
+        );
+        Ok(())
+    }
+
+    fn release(&self, lease: &Lease) -> Result<()> {
+        self.with_held(lease, |_| Change::Remove)?;
+        self.counters.add(
+            IdentityHash::new(&self.secret, &lease.key).shard,
+            Event::Released,
+            1,
+        );
+        Ok(())
+    }
+
+    fn extend(&self, lease: &mut Lease, lease_for: Duration) -> Result<()> {
+        let now = self.config.clock.now();
+        let ttl = lease.ttl;
+        self.with_held(lease, |held| {
+            Change::Put(decision::extended_record(held, now, lease_for, ttl))
+        })?;
+        lease.lease_until = now.saturating_add(lease_for);
+        Ok(())
+    }
+
+    fn checkpoint(&self, lease: &Lease, checkpoint: Bytes) -> Result<()> {
+        let limit = self.config.limits.max_checkpoint_len;
+        if checkpoint.len() > limit {
+            return Err(Error::CheckpointTooLarge {
+                len: checkpoint.len(),
+                limit,
+            });
+        }
+        self.with_held(lease, |held| {
+            Change::Put(decision::checkpointed_record(held, checkpoint.clone()))
+        })
+    }
+
+    fn lookup(&self, key: &IdempotencyKey) -> Result<Option<Record>> {
+        key.check(&self.config.limits)?;
+        let now = self.config.clock.now();
+        Ok(self
+            .engine
+            .get(self.identity(key))?
+            .filter(|r| !r.is_expired(now)))
+    }
+
+    pub(crate) fn run_maintenance(&self) -> Result<MaintenanceReport> {
+        let report = self.engine.maintain(self.config.clock.now())?;
+        self.counters.add(0, Event::Expired, report.expired);
+        Ok(report)
+    }
+
+    fn stats(&self) -> Stats {
+        let e = self.engine.stats();
+        let c = &self.counters;
+        Stats {
+            live_records: e.live_records,
+            in_flight: e.in_flight,
+            acquired: c.total(Event::Acquired),
+            replayed: c.total(Event::Replayed),
+            conflicts: c.total(Event::Conflict),
+            in_progress: c.total(Event::InProgress),
+            takeovers: c.total(Event::Takeover),
+            expired: c.total(Event::Expired),
+            completed: c.total(Event::Completed),
+            released: c.total(Event::Released),
+            segments: e.segments,
+            bytes_on_disk: e.bytes_on_disk,
+            bytes_live: e.bytes_live,
+            last_sync_latency: e.last_sync_latency,
+            syncs: e.syncs,
+            records_synced: e.records_synced,
+        }
+    }
+}
+
+/// An `Acquired` reservation: the right to run the write and store its
+/// response. Complete it, release it, or drop it (which releases it).
+///
+/// Only the holder of the record's current fencing token can change the
+/// record; once the lease ran out and a retry took over, every method here
+/// answers [`Error::LeaseLost`] and changes nothing.
+#[derive(Debug)]
+#[must_use = "dropping a reservation releases it at once"]
+pub struct Reservation {
+    shared: Arc<Shared>,
+    lease: Lease,
+    done: bool,
+}
+
+impl Reservation {
+    /// The identity held.
+    pub fn key(&self) -> &IdempotencyKey {
+        &self.lease.key
+    }
+
+    /// The fencing token; pass it to downstream systems that can reject
+    /// stale writers.
+    pub fn fencing_token(&self) -> u64 {
+        self.lease.token
+    }
+
+    /// 1 for the first reservation, +1 per takeover.
+    pub fn attempt(&self) -> u32 {
+        self.lease.attempt
+    }
+
+    /// Whether this reservation took over from a holder whose lease ran out
+    /// (its work may have been partly done: see [`Self::recovered_checkpoint`]).
+    pub fn is_takeover(&self) -> bool {
+        self.lease.attempt > 1
+    }
+
+    /// The checkpoint the previous holder stored, on a takeover.
+    pub fn recovered_checkpoint(&self) -> Option<&Bytes> {
+        self.lease.checkpoint.as_ref()
+    }
+
+    /// When the lease runs out unless extended.
+    pub fn lease_until(&self) -> Timestamp {
+        self.lease.lease_until
+    }
+
+    /// The lease as plain data.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// Stores the response; the record replays it until its TTL runs out.
+    pub fn complete(self, response: impl Into<Bytes>) -> Result<()> {
+        let ttl = self.lease.ttl;
+        self.complete_with_ttl(response, ttl)
+    }
+
+    /// Stores the response with a TTL chosen now.
+    pub fn complete_with_ttl(mut self, response: impl Into<Bytes>, ttl: Duration) -> Result<()> {
+        let result = self.shared.complete(&self.lease, response.into(), ttl);
+        // Succeeded, or lost the lease: nothing left to release. Other
+        // failures (limits, I/O) still release on drop.
+        self.done = matches!(result, Ok(()) | Err(Error::LeaseLost { .. }));
+        result
+    }
+
+    /// Deletes the in-flight record so a retry runs the write again (for a
+    /// failure that must not be cached).
+    pub fn release(mut self) -> Result<()> {
+        self.done = true;
+        self.shared.release(&self.lease)
+    }
+
+    /// Extends the lease to `now + lease`: a heartbeat for long work.
+    pub fn extend(&mut self, lease: Duration) -> Result<()> {
+        self.shared.extend(&mut self.lease, lease)
+    }
+
+    /// Stores a small recovery point, handed to whoever takes the record over
+    /// if this holder dies.
+    pub fn checkpoint(&mut self, checkpoint: impl Into<Bytes>) -> Result<()> {
+        let checkpoint = checkpoint.into();
+        self.shared.checkpoint(&self.lease, checkpoint.clone())?;
+        self.lease.checkpoint = Some(checkpoint);
+        Ok(())
+    }
+
+    /// Gives up the automatic release on drop and returns the lease as plain
+    /// data, for code that completes it later through
+    /// [`Store::complete_lease`] (or lets it run out on purpose).
+    pub fn into_lease(mut self) -> Lease {
+        self.done = true;
+        self.lease.clone()
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.done {
+            // Best effort: if this fails the lease simply runs out.
+            let _ = self.shared.release(&self.lease);
+        }
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("engine", &self.engine_name)
+            .finish_non_exhaustive()
+    }
+}
