@@ -1,0 +1,172 @@
+//! Helpers shared by the benches: keys, the bench's own directory on the
+//! same disk as `target/`, and what the machine is (CPU, filesystem, RSS).
+
+#![allow(dead_code)] // each bench uses its own subset
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Length of every benchmark key, in bytes (visible ASCII, so the same bytes
+/// are a valid idemlog key, a sled key and a Redis key).
+pub const KEY_LEN: usize = 32;
+
+/// Length of every stored response.
+pub const RESPONSE_LEN: usize = 300;
+
+/// The scope every idemlog benchmark key lives in.
+pub const SCOPE: &str = "tenant-bench";
+
+/// A 300-byte response, as a handler would produce it.
+pub fn response() -> Vec<u8> {
+    (0..RESPONSE_LEN).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+/// SplitMix64: a tiny, fast generator; benchmark keys need to be distinct and
+/// spread, not secret.
+#[derive(Debug, Clone)]
+pub struct KeyGen(u64);
+
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+impl KeyGen {
+    pub fn new(seed: u64) -> Self {
+        KeyGen(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// 32 random characters from a 64-letter alphabet (192 random bits):
+    /// distinct for any run length a benchmark can reach.
+    pub fn next_key(&mut self) -> [u8; KEY_LEN] {
+        let mut key = [0u8; KEY_LEN];
+        for chunk in key.chunks_mut(8) {
+            let mut bits = self.next_u64();
+            for b in chunk {
+                *b = ALPHABET[(bits & 63) as usize];
+                bits >>= 6;
+            }
+        }
+        key
+    }
+
+    /// A uniform index below `n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        ((self.next_u64() as u128 * n as u128) >> 64) as usize
+    }
+}
+
+/// The key as the `&str` idemlog takes (the alphabet is ASCII).
+pub fn key_str(key: &[u8; KEY_LEN]) -> &str {
+    std::str::from_utf8(key).expect("benchmark keys are ASCII")
+}
+
+/// `target/` of this build, found from the running executable
+/// (`target/release/deps/<bench>`), so scratch files land on the same disk
+/// as the build and never on a tmpfs `/tmp`.
+pub fn target_dir() -> PathBuf {
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(target) = exe.ancestors().nth(3) {
+            if target.join("release").is_dir() || target.join("debug").is_dir() {
+                return target.to_path_buf();
+            }
+        }
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target")
+}
+
+/// `target/idemlog-bench`, created.
+pub fn bench_root() -> io::Result<PathBuf> {
+    let dir = target_dir().join("idemlog-bench");
+    fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// A fresh scratch directory under [`bench_root`], removed on drop.
+pub fn scratch_dir(prefix: &str) -> io::Result<tempfile::TempDir> {
+    let parent = bench_root()?.join("scratch");
+    fs::create_dir_all(&parent)?;
+    tempfile::Builder::new().prefix(prefix).tempdir_in(parent)
+}
+
+/// The filesystem holding `path`: `(type, device, mount point)` from the
+/// longest matching mount in /proc/mounts.
+pub fn filesystem_of(path: &Path) -> String {
+    let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let Ok(mounts) = fs::read_to_string("/proc/mounts") else {
+        return "unknown (no /proc/mounts)".into();
+    };
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let (dev, mount, fstype) = (f.next()?, f.next()?, f.next()?);
+            path.starts_with(mount)
+                .then(|| (mount.len(), format!("{fstype} on {dev} (mounted at {mount})")))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map_or_else(|| "unknown".into(), |(_, desc)| desc)
+}
+
+/// Resident set size of this process in bytes (VmRSS from
+/// /proc/self/status, which is page-size independent), if readable.
+pub fn rss_bytes() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Bytes allocated on disk under `dir` (st_blocks × 512, recursively): what
+/// the data really occupies, preallocation included.
+pub fn disk_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            total += disk_bytes(&entry.path());
+        } else {
+            total += meta.blocks() * 512;
+        }
+    }
+    total
+}
+
+/// `"<n> cores, <cpu model>"` from the running machine.
+pub fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cores} cores, {model}")
+}
+
+/// Formats an integer with thousands separators.
+pub fn thousands(n: f64) -> String {
+    let s = format!("{:.0}", n);
+    let (sign, digits) = s.strip_prefix('-').map_or(("", s.as_str()), |d| ("-", d));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    format!("{sign}{out}")
+}

@@ -1,0 +1,897 @@
+//! Side-by-side throughput: idemlog against the disk's own limit, sled and
+//! Redis, measured in one run on one machine.
+//!
+//! `cargo bench --bench compare [-- --quick] [-- --no-redis] [-- --runs N]`
+//!
+//! One request = reserve (insert-if-absent of an in-flight record) then
+//! complete (a 300-byte response), on a fresh random 32-byte key. Prints one
+//! table, then the issue's target ratios, and writes the same rows as JSON
+//! lines to `target/idemlog-bench/compare.jsonl`. docs/BENCHMARKS.md says
+//! what each row means.
+
+mod common;
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use idemlog::{Config, Fingerprint, Outcome, Store};
+
+use common::{key_str, KeyGen, KEY_LEN, SCOPE};
+
+// ---------------------------------------------------------------------------
+// Options and budgets
+
+struct Options {
+    quick: bool,
+    runs: usize,
+    redis: bool,
+    /// Wall-clock budget of one run of one row.
+    secs: f64,
+    /// Most requests one thread makes in one run (bounds memory of the
+    /// in-memory rows, which keep every record).
+    max_calls: u64,
+    /// Completed records loaded before the replay row.
+    replay_keys: usize,
+}
+
+impl Options {
+    fn from_args() -> Options {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let quick = args.iter().any(|a| a == "--quick");
+        let runs = args
+            .iter()
+            .position(|a| a == "--runs")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(if quick { 1 } else { 3 });
+        Options {
+            quick,
+            runs: usize::max(runs, 1),
+            redis: !args.iter().any(|a| a == "--no-redis"),
+            secs: if quick { 1.0 } else { 3.0 },
+            max_calls: if quick { 1_000_000 } else { 2_000_000 },
+            replay_keys: if quick { 200_000 } else { 1_000_000 },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The driver: N threads, each calling one request function in a loop
+
+/// Where a thread's keys come from.
+#[derive(Clone)]
+enum Keys {
+    /// Fresh random keys (distinct in practice: 192 random bits each).
+    Fresh { seed: u64 },
+    /// Keys picked at random from a loaded set (replays).
+    Existing(Arc<Vec<[u8; KEY_LEN]>>),
+}
+
+/// What one run measured.
+#[derive(Debug, Clone)]
+struct Measured {
+    /// Operations per second over the whole run (all threads).
+    ops_per_s: f64,
+    /// Operations done.
+    ops: u64,
+    p50_us: f64,
+    p99_us: f64,
+    /// Latency of the reserve step alone, where the request has one.
+    reserve_p50_us: Option<f64>,
+    reserve_p99_us: Option<f64>,
+    /// Memory growth per operation (RSS delta of the process holding the
+    /// data) over the run.
+    rss_bytes_per_op: Option<f64>,
+    /// Disk space per operation at the end of the run (allocated blocks).
+    disk_bytes_per_op: Option<f64>,
+}
+
+/// One request function: does the request for `key` and returns the instant
+/// its reserve step finished, if it has one, so reserve latency can be
+/// reported on its own.
+type Request<'a> = Box<dyn FnMut(&[u8; KEY_LEN]) -> Result<Option<Instant>, String> + 'a>;
+
+/// Runs `threads` threads for one run. `make` builds each thread's request
+/// function before the clock starts (connections, buffers). Every call counts
+/// as `ops_per_call` operations (a batch of pairs).
+fn drive<'env, F>(
+    threads: usize,
+    opts: &Options,
+    keys: &Keys,
+    ops_per_call: u64,
+    make: F,
+) -> Result<Measured, String>
+where
+    F: Fn(usize) -> Result<Request<'env>, String> + Sync,
+{
+    let barrier = Barrier::new(threads);
+    let budget = Duration::from_secs_f64(opts.secs);
+    type ThreadResult = Result<(Instant, Instant, u64, Histogram<u64>, Histogram<u64>), String>;
+    let results: Vec<ThreadResult> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                let (barrier, make, keys) = (&barrier, &make, keys);
+                s.spawn(move || -> ThreadResult {
+                    let made = make(i);
+                    // Every thread reaches the barrier, even one whose setup
+                    // failed, so the others are not left waiting.
+                    barrier.wait();
+                    let mut request = made?;
+                    let mut gen = match keys {
+                        Keys::Fresh { seed } => KeyGen::new(seed.wrapping_mul(1_000_003) + i as u64),
+                        Keys::Existing(_) => KeyGen::new(0xA11CE + i as u64),
+                    };
+                    let mut total = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+                    let mut reserve = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+                    let start = Instant::now();
+                    let deadline = start + budget;
+                    let mut calls = 0u64;
+                    loop {
+                        let key = match keys {
+                            Keys::Fresh { .. } => gen.next_key(),
+                            Keys::Existing(set) => set[gen.below(set.len())],
+                        };
+                        let t0 = Instant::now();
+                        let reserved = request(&key)?;
+                        let t1 = Instant::now();
+                        total.saturating_record(nanos(t1 - t0));
+                        if let Some(r) = reserved {
+                            reserve.saturating_record(nanos(r - t0));
+                        }
+                        calls += 1;
+                        if calls >= opts.max_calls || t1 >= deadline {
+                            return Ok((start, t1, calls, total, reserve));
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("a bench thread panicked".into())))
+            .collect()
+    });
+    let mut total = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+    let mut reserve = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+    let (mut first, mut last, mut calls) = (None::<Instant>, None::<Instant>, 0u64);
+    for r in results {
+        let (start, end, n, t, rsv) = r?;
+        first = Some(first.map_or(start, |f| f.min(start)));
+        last = Some(last.map_or(end, |l| l.max(end)));
+        calls += n;
+        total.add(&t).map_err(|e| e.to_string())?;
+        reserve.add(&rsv).map_err(|e| e.to_string())?;
+    }
+    let (Some(first), Some(last)) = (first, last) else {
+        return Err("no thread ran".into());
+    };
+    let secs = (last - first).as_secs_f64().max(1e-9);
+    let ops = calls * ops_per_call;
+    let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let has_reserve = !reserve.is_empty();
+    Ok(Measured {
+        ops_per_s: ops as f64 / secs,
+        ops,
+        p50_us: us(&total, 0.5),
+        p99_us: us(&total, 0.99),
+        reserve_p50_us: has_reserve.then(|| us(&reserve, 0.5)),
+        reserve_p99_us: has_reserve.then(|| us(&reserve, 0.99)),
+        rss_bytes_per_op: None,
+        disk_bytes_per_op: None,
+    })
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
+}
+
+// ---------------------------------------------------------------------------
+// Rows
+
+/// One line of the table.
+#[derive(Debug, Clone)]
+struct Row {
+    /// Stable handle the ratio section looks rows up by.
+    id: &'static str,
+    workload: &'static str,
+    system: String,
+    threads: usize,
+    /// The median run by throughput, or why the row was not measured.
+    result: Result<Measured, String>,
+    runs: usize,
+}
+
+/// Runs `run` `opts.runs` times and keeps the median run by throughput.
+fn median_row(
+    id: &'static str,
+    workload: &'static str,
+    system: impl Into<String>,
+    threads: usize,
+    opts: &Options,
+    mut run: impl FnMut() -> Result<Measured, String>,
+) -> Row {
+    let system = system.into();
+    eprintln!("  measuring {system} / {workload} / {threads} thread(s)...");
+    let mut all = Vec::new();
+    let mut failure = None;
+    for _ in 0..opts.runs {
+        match run() {
+            Ok(m) => all.push(m),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let result = match failure {
+        Some(e) => Err(format!("failed: {e}")),
+        None => {
+            all.sort_by(|a, b| a.ops_per_s.total_cmp(&b.ops_per_s));
+            Ok(all.swap_remove(all.len() / 2))
+        }
+    };
+    Row {
+        id,
+        workload,
+        system,
+        threads,
+        result,
+        runs: opts.runs,
+    }
+}
+
+fn skipped(
+    id: &'static str,
+    workload: &'static str,
+    system: &str,
+    threads: usize,
+    why: &str,
+) -> Row {
+    Row {
+        id,
+        workload,
+        system: system.into(),
+        threads,
+        result: Err(why.into()),
+        runs: 0,
+    }
+}
+
+const PAIR: &str = "reserve+complete";
+const REPLAY: &str = "replay hit (warm)";
+const LEASE_TTL_MS: u64 = 86_400_000;
+
+// ---------------------------------------------------------------------------
+// idemlog
+
+/// Builds the store an idemlog row runs against, in the row's scratch
+/// directory (ignored by the in-memory store).
+type StoreFactory = Box<dyn Fn(&Path) -> Result<Store, String>>;
+
+/// An idemlog configuration to measure: a name for the table and how to
+/// build a fresh store.
+struct IdemlogSystem {
+    name: String,
+    make: StoreFactory,
+}
+
+impl IdemlogSystem {
+    fn in_memory() -> IdemlogSystem {
+        IdemlogSystem {
+            name: "idemlog in-memory".into(),
+            make: Box::new(|_| Ok(Store::in_memory(Config::default()))),
+        }
+    }
+}
+
+/// The durable-engine rows: `(row id, system, threads)`. Empty until the
+/// durable engine (`Store::open(dir, config)`) is on this branch; then each
+/// entry is one line here, e.g.
+/// `("sync-64", durable("idemlog Sync", Durability::Sync), 64)` with
+/// `durable` building `Store::open(dir, Config::builder().durability(d).build())`.
+fn durable_rows() -> Vec<(&'static str, IdemlogSystem, usize)> {
+    Vec::new()
+}
+
+/// The durable rows the ratios need, with what to print while they are
+/// missing.
+const DURABLE_PLANNED: &[(&str, &str, usize)] = &[
+    ("none-1", "idemlog durable None", 1),
+    ("none-2", "idemlog durable None", 2),
+    ("buffered-2", "idemlog durable Buffered", 2),
+    ("sync-1", "idemlog durable Sync", 1),
+    ("sync-64", "idemlog durable Sync", 64),
+];
+
+/// The fingerprint every benchmark request carries (what the store compares
+/// on replay; its cost is measured separately in benches/ops.rs).
+fn bench_fingerprint() -> Fingerprint {
+    Fingerprint::of_bytes(br#"{"amount":1200,"currency":"eur"}"#)
+}
+
+/// The request as an application makes it: build the key from the header,
+/// reserve, complete with a freshly produced 300-byte response.
+fn idemlog_pair(store: Store) -> Request<'static> {
+    let fp = bench_fingerprint();
+    let response = common::response();
+    Box::new(move |k| {
+        let key = store.key(SCOPE, key_str(k)).map_err(|e| e.to_string())?;
+        match store.reserve(&key, &fp).map_err(|e| e.to_string())? {
+            Outcome::Acquired(reservation) => {
+                let reserved = Instant::now();
+                reservation
+                    .complete(response.clone())
+                    .map_err(|e| e.to_string())?;
+                Ok(Some(reserved))
+            }
+            other => Err(format!("a fresh key was not acquired: {other:?}")),
+        }
+    })
+}
+
+fn idemlog_pairs_row(
+    id: &'static str,
+    system: &IdemlogSystem,
+    threads: usize,
+    opts: &Options,
+) -> Row {
+    let mut seed = 0;
+    median_row(id, PAIR, system.name.clone(), threads, opts, || {
+        seed += 1;
+        let dir = common::scratch_dir("idemlog-").map_err(|e| e.to_string())?;
+        let store = (system.make)(dir.path())?;
+        let rss_before = common::rss_bytes();
+        let mut m = drive(threads, opts, &Keys::Fresh { seed }, 1, |_| {
+            Ok(idemlog_pair(store.clone()))
+        })?;
+        store.flush().map_err(|e| e.to_string())?;
+        m.rss_bytes_per_op = per_op(rss_before, common::rss_bytes(), m.ops);
+        let disk = common::disk_bytes(dir.path());
+        m.disk_bytes_per_op = (disk > 0).then(|| disk as f64 / m.ops as f64);
+        drop(store);
+        Ok(m)
+    })
+}
+
+fn per_op(before: Option<u64>, after: Option<u64>, ops: u64) -> Option<f64> {
+    Some(after?.saturating_sub(before?) as f64 / ops.max(1) as f64)
+}
+
+/// Loads `opts.replay_keys` completed records, then measures reserves that
+/// replay them (random keys from the loaded set, same fingerprint).
+fn idemlog_replay_row(
+    id: &'static str,
+    system: &IdemlogSystem,
+    threads: usize,
+    opts: &Options,
+) -> Row {
+    let loaded: Result<(tempfile::TempDir, Store, Arc<Vec<[u8; KEY_LEN]>>), String> = (|| {
+        let dir = common::scratch_dir("idemlog-replay-").map_err(|e| e.to_string())?;
+        let store = (system.make)(dir.path())?;
+        let mut gen = KeyGen::new(0x5EED);
+        let keys: Vec<[u8; KEY_LEN]> = (0..opts.replay_keys).map(|_| gen.next_key()).collect();
+        let mut load = idemlog_pair(store.clone());
+        for k in &keys {
+            load(k)?;
+        }
+        store.flush().map_err(|e| e.to_string())?;
+        Ok((dir, store, Arc::new(keys)))
+    })();
+    let (_dir, store, keys) = match loaded {
+        Ok(l) => l,
+        Err(e) => return skipped(id, REPLAY, &system.name, threads, &format!("load failed: {e}")),
+    };
+    let fp = bench_fingerprint();
+    median_row(id, REPLAY, system.name.clone(), threads, opts, || {
+        drive(threads, opts, &Keys::Existing(Arc::clone(&keys)), 1, |_| {
+            let store = store.clone();
+            Ok(Box::new(move |k: &[u8; KEY_LEN]| {
+                let key = store.key(SCOPE, key_str(k)).map_err(|e| e.to_string())?;
+                match store.reserve(&key, &fp).map_err(|e| e.to_string())? {
+                    Outcome::Replay(replay) if replay.response.len() == common::RESPONSE_LEN => {
+                        Ok(None)
+                    }
+                    other => Err(format!("a loaded key did not replay: {other:?}")),
+                }
+            }) as Request<'static>)
+        })
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The disk's own limit
+
+/// Framed size of a reserve record, estimated from SPEC §4's framing until
+/// the durable log's format is on this branch: frame header (length, its
+/// checksum, payload checksum: 12 B), kind (1 B), scope and key with their
+/// lengths (4 + 12 + 32 B), fingerprint with its algorithm (33 B), token,
+/// lease-until, expires-at, created-at (32 B), attempts (4 B): 130 B, rounded
+/// up to 8-byte alignment.
+const RESERVE_RECORD_BYTES: usize = 136;
+/// Framed size of a complete record: the same header and identity (98 B),
+/// completed-at and expires-at (16 B), response length (4 B) and the 300-byte
+/// response: 418 B, rounded up to 8-byte alignment.
+const COMPLETE_RECORD_BYTES: usize = 424;
+const PAIR_BYTES: usize = RESERVE_RECORD_BYTES + COMPLETE_RECORD_BYTES;
+/// Size of the preallocated file the disk rows overwrite from offset 0.
+const DISK_FILE_BYTES: u64 = 64 << 20;
+
+/// A zero-filled, synced file: later writes overwrite allocated blocks, so
+/// each fdatasync flushes data only (no block allocation, no size change).
+fn preallocated_file(dir: &Path) -> std::io::Result<File> {
+    let path = dir.join("disk-limit.log");
+    let mut file = File::create(&path)?;
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..(DISK_FILE_BYTES >> 20) {
+        file.write_all(&zeros)?;
+    }
+    file.sync_all()?;
+    File::open(dir)?.sync_all()?;
+    fs::OpenOptions::new().write(true).open(&path)
+}
+
+/// Record-shaped bytes (not zeros, so nothing can elide them).
+fn record_bytes(len: usize, salt: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31) ^ salt).collect()
+}
+
+/// One writer appending pairs with one fdatasync per `batch` pairs. With
+/// `batch == 1` each pair is two records, each followed by its own fdatasync
+/// (reserve must be durable before the work runs, complete before the
+/// response is acknowledged): 2 syncs per pair. With `batch == 64`, the 128
+/// records of 64 pairs go out in one write and one fdatasync.
+fn disk_limit_row(id: &'static str, batch: usize, opts: &Options) -> Row {
+    let system = format!("disk limit: fdatasync per {}", if batch == 1 { "record".to_string() } else { format!("{batch} pairs") });
+    median_row(id, PAIR, system, 1, opts, || {
+        let dir = common::scratch_dir("disk-limit-").map_err(|e| e.to_string())?;
+        let file = preallocated_file(dir.path()).map_err(|e| e.to_string())?;
+        let reserve = record_bytes(RESERVE_RECORD_BYTES, 0x5A);
+        let complete = record_bytes(COMPLETE_RECORD_BYTES, 0xC3);
+        let batch_buf: Vec<u8> = (0..batch)
+            .flat_map(|_| reserve.iter().chain(&complete).copied())
+            .collect();
+        let mut m = drive(1, opts, &Keys::Fresh { seed: 1 }, batch as u64, |_| {
+            let file = &file;
+            let (reserve, complete, batch_buf) = (&reserve, &complete, &batch_buf);
+            let mut offset = 0u64;
+            let mut append = move |bytes: &[u8]| -> Result<(), String> {
+                if offset + bytes.len() as u64 > DISK_FILE_BYTES {
+                    offset = 0;
+                }
+                file.write_all_at(bytes, offset).map_err(|e| e.to_string())?;
+                offset += bytes.len() as u64;
+                file.sync_data().map_err(|e| e.to_string())
+            };
+            Ok(Box::new(move |_: &[u8; KEY_LEN]| {
+                if batch == 1 {
+                    append(reserve)?;
+                    let reserved = Instant::now();
+                    append(complete)?;
+                    Ok(Some(reserved))
+                } else {
+                    append(batch_buf)?;
+                    Ok(None)
+                }
+            }) as Request<'_>)
+        })?;
+        m.disk_bytes_per_op = Some(PAIR_BYTES as f64);
+        Ok(m)
+    })
+}
+
+// ---------------------------------------------------------------------------
+// sled
+
+/// The in-flight value the non-idemlog stores keep: fingerprint (32 B),
+/// token and lease-until (8 B each).
+fn in_flight_value() -> Vec<u8> {
+    let mut v = bench_fingerprint().digest().to_vec();
+    v.extend_from_slice(&7u64.to_le_bytes());
+    v.extend_from_slice(&LEASE_TTL_MS.to_le_bytes());
+    v
+}
+
+fn sled_row(id: &'static str, flush: bool, threads: usize, opts: &Options) -> Row {
+    let system = if flush {
+        "sled 0.34 + flush() per complete"
+    } else {
+        "sled 0.34 default"
+    };
+    median_row(id, PAIR, system, threads, opts, || {
+        let dir = common::scratch_dir("sled-").map_err(|e| e.to_string())?;
+        let db = sled::open(dir.path()).map_err(|e| e.to_string())?;
+        let rss_before = common::rss_bytes();
+        let mut m = drive(threads, opts, &Keys::Fresh { seed: 7 }, 1, |_| {
+            let db = db.clone();
+            let in_flight = in_flight_value();
+            let response = common::response();
+            Ok(Box::new(move |k: &[u8; KEY_LEN]| {
+                match db.compare_and_swap(&k[..], None::<&[u8]>, Some(&in_flight[..])) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err("compare_and_swap found the fresh key".into()),
+                    Err(e) => return Err(e.to_string()),
+                }
+                let reserved = Instant::now();
+                db.insert(&k[..], &response[..]).map_err(|e| e.to_string())?;
+                if flush {
+                    db.flush().map_err(|e| e.to_string())?;
+                }
+                Ok(Some(reserved))
+            }) as Request<'static>)
+        })?;
+        m.rss_bytes_per_op = per_op(rss_before, common::rss_bytes(), m.ops);
+        db.flush().map_err(|e| e.to_string())?;
+        m.disk_bytes_per_op = Some(common::disk_bytes(dir.path()) as f64 / m.ops as f64);
+        Ok(m)
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Redis
+
+/// A redis-server this bench started on a free loopback port, in a scratch
+/// directory; stopped by its pid on drop.
+struct RedisServer {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    fn start(appendfsync_always: bool) -> Result<RedisServer, String> {
+        let dir = common::scratch_dir("redis-").map_err(|e| e.to_string())?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--save", "", "--daemonize", "no", "--loglevel", "warning"])
+            .arg("--logfile")
+            .arg(dir.path().join("redis.log"));
+        if appendfsync_always {
+            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            cmd.args(["--appendonly", "no"]);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("could not start redis-server: {e}"))?;
+        let server = RedisServer { child, port, dir };
+        // Bounded wait for the server to answer PING.
+        for _ in 0..200 {
+            if let Ok(mut con) = server.connect() {
+                if redis::cmd("PING").query::<String>(&mut con).is_ok() {
+                    return Ok(server);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Err(format!("redis-server did not answer on port {port} within 5 s"))
+    }
+
+    fn connect(&self) -> Result<redis::Connection, String> {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
+            .and_then(|c| c.get_connection())
+            .map_err(|e| e.to_string())
+    }
+
+    /// The server's resident memory.
+    fn rss_bytes(&self) -> Option<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        for _ in 0..200 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn redis_installed() -> bool {
+    Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+const REDIS_CONNECTIONS: usize = 64;
+
+fn redis_row(id: &'static str, appendfsync_always: bool, opts: &Options) -> Row {
+    let system = if appendfsync_always {
+        "Redis appendfsync always"
+    } else {
+        "Redis no persistence"
+    };
+    let server = match RedisServer::start(appendfsync_always) {
+        Ok(s) => s,
+        Err(e) => return skipped(id, PAIR, system, REDIS_CONNECTIONS, &e),
+    };
+    let mut seed = 100;
+    median_row(id, PAIR, system, REDIS_CONNECTIONS, opts, || {
+        seed += 1;
+        let mut admin = server.connect()?;
+        redis::cmd("FLUSHALL")
+            .query::<String>(&mut admin)
+            .map_err(|e| e.to_string())?;
+        let rss_before = server.rss_bytes();
+        let disk_before = common::disk_bytes(server.dir.path());
+        let mut m = drive(REDIS_CONNECTIONS, opts, &Keys::Fresh { seed }, 1, |_| {
+            let mut con = server.connect()?;
+            let in_flight = in_flight_value();
+            let response = common::response();
+            Ok(Box::new(move |k: &[u8; KEY_LEN]| {
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(&k[..])
+                    .arg(&in_flight[..])
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(LEASE_TTL_MS)
+                    .query(&mut con)
+                    .map_err(|e| e.to_string())?;
+                if set.is_none() {
+                    return Err("SET NX found the fresh key".into());
+                }
+                let reserved = Instant::now();
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(&k[..])
+                    .arg(&response[..])
+                    .arg("XX")
+                    .query(&mut con)
+                    .map_err(|e| e.to_string())?;
+                if set.is_none() {
+                    return Err("SET XX found no key".into());
+                }
+                Ok(Some(reserved))
+            }) as Request<'static>)
+        })?;
+        m.rss_bytes_per_op = per_op(rss_before, server.rss_bytes(), m.ops);
+        if appendfsync_always {
+            let grown = common::disk_bytes(server.dir.path()).saturating_sub(disk_before);
+            m.disk_bytes_per_op = Some(grown as f64 / m.ops as f64);
+        }
+        Ok(m)
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Output
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "{:<18} {:<38} {:>7} {:>13} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "workload", "system", "threads", "ops/s", "p50 µs", "p99 µs", "rsv p50", "rsv p99", "RAM B/op", "disk B/op"
+    );
+    println!("{}", "-".repeat(140));
+    let opt = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
+    for r in rows {
+        match &r.result {
+            Ok(m) => println!(
+                "{:<18} {:<38} {:>7} {:>13} {:>9.2} {:>9.2} {:>9} {:>9} {:>8} {:>8}",
+                r.workload,
+                r.system,
+                r.threads,
+                common::thousands(m.ops_per_s),
+                m.p50_us,
+                m.p99_us,
+                opt(m.reserve_p50_us, 2),
+                opt(m.reserve_p99_us, 2),
+                opt(m.rss_bytes_per_op, 0),
+                opt(m.disk_bytes_per_op, 0),
+            ),
+            Err(why) => println!(
+                "{:<18} {:<38} {:>7} not measured: {why}",
+                r.workload, r.system, r.threads
+            ),
+        }
+    }
+}
+
+fn write_jsonl(rows: &[Row], opts: &Options, context: &serde_json::Value) -> std::io::Result<std::path::PathBuf> {
+    let path = common::bench_root()?.join("compare.jsonl");
+    let mut out = File::create(&path)?;
+    for r in rows {
+        let mut line = serde_json::json!({
+            "id": r.id,
+            "workload": r.workload,
+            "system": r.system,
+            "threads": r.threads,
+            "runs": r.runs,
+            "quick": opts.quick,
+            "context": context,
+        });
+        match &r.result {
+            Ok(m) => {
+                let fields = serde_json::json!({
+                    "ops_per_s": m.ops_per_s.round(),
+                    "ops": m.ops,
+                    "p50_us": m.p50_us,
+                    "p99_us": m.p99_us,
+                    "reserve_p50_us": m.reserve_p50_us,
+                    "reserve_p99_us": m.reserve_p99_us,
+                    "rss_bytes_per_op": m.rss_bytes_per_op.map(f64::round),
+                    "disk_bytes_per_op": m.disk_bytes_per_op.map(f64::round),
+                });
+                if let (Some(l), serde_json::Value::Object(f)) = (line.as_object_mut(), fields) {
+                    l.extend(f);
+                }
+            }
+            Err(why) => line["not_measured"] = why.clone().into(),
+        }
+        writeln!(out, "{line}")?;
+    }
+    Ok(path)
+}
+
+/// The issue's targets, each as a measured figure against a threshold.
+fn print_targets(rows: &[Row]) {
+    let get = |id: &str| rows.iter().find(|r| r.id == id).and_then(|r| r.result.as_ref().ok());
+    let ops = |id: &str| get(id).map(|m| m.ops_per_s);
+    let ratio = |a: &str, b: &str| Some(ops(a)? / ops(b)?);
+    enum Goal {
+        AtLeast(f64),
+        Below(f64),
+    }
+    let lines: Vec<(&str, Option<f64>, Goal, &str)> = vec![
+        ("in-memory, 2 threads, pairs/s", ops("mem-2"), Goal::AtLeast(1e6), ""),
+        ("durable None, 2 threads, pairs/s", ops("none-2"), Goal::AtLeast(1e6), ""),
+        ("in-memory 2 thr / sled default 2 thr", ratio("mem-2", "sled-2"), Goal::AtLeast(15.0), "×"),
+        ("None 2 thr / sled default 2 thr", ratio("none-2", "sled-2"), Goal::AtLeast(15.0), "×"),
+        ("in-memory 2 thr / Redis no persistence", ratio("mem-2", "redis-none"), Goal::AtLeast(15.0), "×"),
+        ("None 2 thr / Redis no persistence", ratio("none-2", "redis-none"), Goal::AtLeast(15.0), "×"),
+        ("Sync 64 callers / disk batch-64", ratio("sync-64", "disk-64"), Goal::AtLeast(0.7), "×"),
+        ("Sync 64 callers / Redis appendfsync always", ratio("sync-64", "redis-always"), Goal::AtLeast(4.0), "×"),
+        ("Sync 1 caller / disk batch-1", ratio("sync-1", "disk-1"), Goal::AtLeast(0.85), "×"),
+        ("replay hits, 2 threads, /s", ops("replay-2"), Goal::AtLeast(5e5), ""),
+        ("reserve p99 in-memory, 1 thread, µs", get("mem-1").and_then(|m| m.reserve_p99_us), Goal::Below(5.0), " µs"),
+        ("reserve p99 in-memory, 2 threads, µs", get("mem-2").and_then(|m| m.reserve_p99_us), Goal::Below(5.0), " µs"),
+    ];
+    println!();
+    println!("Targets (issue #4; ratios within this run):");
+    for (name, value, goal, unit) in lines {
+        let (want, pass) = match goal {
+            Goal::AtLeast(t) => (format!("≥ {}{unit}", fmt_num(t)), value.map(|v| v >= t)),
+            Goal::Below(t) => (format!("< {}{unit}", fmt_num(t)), value.map(|v| v < t)),
+        };
+        let got = value.map_or("not measured".to_string(), |v| format!("{}{unit}", fmt_num(v)));
+        let verdict = match pass {
+            Some(true) => "PASS",
+            Some(false) => "MISS",
+            None => "-",
+        };
+        println!("  {name:<45} {want:>14}   measured {got:>14}   {verdict}");
+    }
+}
+
+fn fmt_num(v: f64) -> String {
+    if v >= 1000.0 {
+        common::thousands(v)
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+fn main() {
+    let opts = Options::from_args();
+    let root = match common::bench_root() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot create target/idemlog-bench: {e}");
+            std::process::exit(1);
+        }
+    };
+    let filesystem = common::filesystem_of(&root);
+    let machine = common::machine();
+    let started = Instant::now();
+    eprintln!(
+        "compare: {} mode, {} run(s) per row, {:.0} s or {} requests per thread per run",
+        if opts.quick { "quick" } else { "full" },
+        opts.runs,
+        opts.secs,
+        common::thousands(opts.max_calls as f64)
+    );
+
+    let mut rows = Vec::new();
+    let memory = IdemlogSystem::in_memory();
+    rows.push(idemlog_pairs_row("mem-1", &memory, 1, &opts));
+    rows.push(idemlog_pairs_row("mem-2", &memory, 2, &opts));
+    rows.push(idemlog_replay_row("replay-2", &memory, 2, &opts));
+
+    let durable = durable_rows();
+    if durable.is_empty() {
+        for &(id, system, threads) in DURABLE_PLANNED {
+            rows.push(skipped(id, PAIR, system, threads, "durable engine not on this branch yet"));
+        }
+    }
+    for (id, system, threads) in &durable {
+        rows.push(idemlog_pairs_row(id, system, *threads, &opts));
+    }
+
+    rows.push(disk_limit_row("disk-1", 1, &opts));
+    rows.push(disk_limit_row("disk-64", 64, &opts));
+
+    rows.push(sled_row("sled-1", false, 1, &opts));
+    rows.push(sled_row("sled-2", false, 2, &opts));
+    rows.push(sled_row("sled-flush-2", true, 2, &opts));
+
+    let redis_missing = "redis-server not installed; install it with `apt-get install -y redis-server` (Debian package redis-server)";
+    for (id, always) in [("redis-none", false), ("redis-always", true)] {
+        let system = if always { "Redis appendfsync always" } else { "Redis no persistence" };
+        if !opts.redis {
+            rows.push(skipped(id, PAIR, system, REDIS_CONNECTIONS, "skipped by --no-redis"));
+        } else if !redis_installed() {
+            rows.push(skipped(id, PAIR, system, REDIS_CONNECTIONS, redis_missing));
+        } else {
+            rows.push(redis_row(id, always, &opts));
+        }
+    }
+    if opts.redis && !redis_installed() {
+        eprintln!("{redis_missing}: Redis rows skipped");
+    }
+
+    println!();
+    println!(
+        "idemlog compare — {} mode, {} run(s) per row (median run shown), {:.0} s per run",
+        if opts.quick { "quick" } else { "full" },
+        opts.runs,
+        opts.secs
+    );
+    println!("machine: {machine}; scratch files on {filesystem}");
+    println!();
+    print_table(&rows);
+    println!();
+    println!("Notes:");
+    println!("  * One request = reserve (insert-if-absent of an in-flight record) + complete (300-byte response), fresh 32-byte random key; ops/s for those rows are pairs/s.");
+    println!("  * Latency columns: whole request (p50/p99) and its reserve step alone (rsv); for disk batch-64 one call is one batch of 64 pairs.");
+    println!(
+        "  * Disk limit: one writer overwriting a preallocated, zero-filled {} MiB file from offset 0; reserve record {RESERVE_RECORD_BYTES} B + complete record {COMPLETE_RECORD_BYTES} B = {PAIR_BYTES} B per pair. \
+         Batch 1 = each record followed by its own fdatasync (2 syncs per pair, reported as pairs/s); batch 64 = 64 pairs (128 records) per write + fdatasync.",
+        DISK_FILE_BYTES >> 20
+    );
+    println!("  * sled's flush() uses sync_file_range (plus fsync of its own metadata only when needed), which is weaker than fdatasync: it does not flush the disk's write cache or file metadata.");
+    println!("  * Redis: {REDIS_CONNECTIONS} client threads, one connection each, one request at a time per connection (no pipelining); SET key v NX PX {LEASE_TTL_MS} then SET key v XX. Client and server share the machine's cores.");
+    println!("  * RAM B/op = growth of the resident set of the process holding the data (Redis: the server) per request; allocator reuse makes it approximate — benches/footprint.rs measures it carefully.");
+    println!("  * The machine's cores are shared with other work: figures are noisy, ratios within one run are what count.");
+    print_targets(&rows);
+
+    let context = serde_json::json!({
+        "machine": machine,
+        "filesystem": filesystem,
+        "reserve_record_bytes": RESERVE_RECORD_BYTES,
+        "complete_record_bytes": COMPLETE_RECORD_BYTES,
+        "secs_per_run": opts.secs,
+    });
+    match write_jsonl(&rows, &opts, &context) {
+        Ok(path) => println!("\nrows written to {}", path.display()),
+        Err(e) => eprintln!("could not write compare.jsonl: {e}"),
+    }
+    println!("total time {:.0} s", started.elapsed().as_secs_f64());
+}
