@@ -127,8 +127,8 @@ where
                         Keys::Fresh { seed } => KeyGen::new(seed.wrapping_mul(1_000_003) + i as u64),
                         Keys::Existing(_) => KeyGen::new(0xA11CE + i as u64),
                     };
-                    let mut total = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
-                    let mut reserve = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+                    let mut total = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).map_err(|e| e.to_string())?;
+                    let mut reserve = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).map_err(|e| e.to_string())?;
                     let start = Instant::now();
                     let deadline = start + budget;
                     let mut calls = 0u64;
@@ -157,8 +157,8 @@ where
             .map(|h| h.join().unwrap_or_else(|_| Err("a bench thread panicked".into())))
             .collect()
     });
-    let mut total = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
-    let mut reserve = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+    let mut total = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).map_err(|e| e.to_string())?;
+    let mut reserve = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).map_err(|e| e.to_string())?;
     let (mut first, mut last, mut calls) = (None::<Instant>, None::<Instant>, 0u64);
     for r in results {
         let (start, end, n, t, rsv) = r?;
