@@ -124,11 +124,15 @@ where
                     barrier.wait();
                     let mut request = made?;
                     let mut gen = match keys {
-                        Keys::Fresh { seed } => KeyGen::new(seed.wrapping_mul(1_000_003) + i as u64),
+                        Keys::Fresh { seed } => {
+                            KeyGen::new(seed.wrapping_mul(1_000_003) + i as u64)
+                        }
                         Keys::Existing(_) => KeyGen::new(0xA11CE + i as u64),
                     };
-                    let mut total = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).map_err(|e| e.to_string())?;
-                    let mut reserve = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).map_err(|e| e.to_string())?;
+                    let mut total = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3)
+                        .map_err(|e| e.to_string())?;
+                    let mut reserve = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3)
+                        .map_err(|e| e.to_string())?;
                     let start = Instant::now();
                     let deadline = start + budget;
                     let mut calls = 0u64;
@@ -154,11 +158,16 @@ where
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("a bench thread panicked".into())))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a bench thread panicked".into()))
+            })
             .collect()
     });
-    let mut total = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).map_err(|e| e.to_string())?;
-    let mut reserve = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).map_err(|e| e.to_string())?;
+    let mut total =
+        Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).map_err(|e| e.to_string())?;
+    let mut reserve =
+        Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).map_err(|e| e.to_string())?;
     let (mut first, mut last, mut calls) = (None::<Instant>, None::<Instant>, 0u64);
     for r in results {
         let (start, end, n, t, rsv) = r?;
@@ -385,7 +394,15 @@ fn idemlog_replay_row(
     })();
     let (_dir, store, keys) = match loaded {
         Ok(l) => l,
-        Err(e) => return skipped(id, REPLAY, &system.name, threads, &format!("load failed: {e}")),
+        Err(e) => {
+            return skipped(
+                id,
+                REPLAY,
+                &system.name,
+                threads,
+                &format!("load failed: {e}"),
+            )
+        }
     };
     let fp = bench_fingerprint();
     median_row(id, REPLAY, system.name.clone(), threads, opts, || {
@@ -438,7 +455,9 @@ fn preallocated_file(dir: &Path) -> std::io::Result<File> {
 
 /// Record-shaped bytes (not zeros, so nothing can elide them).
 fn record_bytes(len: usize, salt: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31) ^ salt).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ salt)
+        .collect()
 }
 
 /// One writer appending pairs with one fdatasync per `batch` pairs. With
@@ -447,7 +466,14 @@ fn record_bytes(len: usize, salt: u8) -> Vec<u8> {
 /// response is acknowledged): 2 syncs per pair. With `batch == 64`, the 128
 /// records of 64 pairs go out in one write and one fdatasync.
 fn disk_limit_row(id: &'static str, batch: usize, opts: &Options) -> Row {
-    let system = format!("disk limit: fdatasync per {}", if batch == 1 { "record".to_string() } else { format!("{batch} pairs") });
+    let system = format!(
+        "disk limit: fdatasync per {}",
+        if batch == 1 {
+            "record".to_string()
+        } else {
+            format!("{batch} pairs")
+        }
+    );
     median_row(id, PAIR, system, 1, opts, || {
         let dir = common::scratch_dir("disk-limit-").map_err(|e| e.to_string())?;
         let file = preallocated_file(dir.path()).map_err(|e| e.to_string())?;
@@ -464,7 +490,8 @@ fn disk_limit_row(id: &'static str, batch: usize, opts: &Options) -> Row {
                 if offset + bytes.len() as u64 > DISK_FILE_BYTES {
                     offset = 0;
                 }
-                file.write_all_at(bytes, offset).map_err(|e| e.to_string())?;
+                file.write_all_at(bytes, offset)
+                    .map_err(|e| e.to_string())?;
                 offset += bytes.len() as u64;
                 file.sync_data().map_err(|e| e.to_string())
             };
@@ -518,7 +545,8 @@ fn sled_row(id: &'static str, flush: bool, threads: usize, opts: &Options) -> Ro
                     Err(e) => return Err(e.to_string()),
                 }
                 let reserved = Instant::now();
-                db.insert(&k[..], &response[..]).map_err(|e| e.to_string())?;
+                db.insert(&k[..], &response[..])
+                    .map_err(|e| e.to_string())?;
                 if flush {
                     db.flush().map_err(|e| e.to_string())?;
                 }
@@ -578,7 +606,9 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        Err(format!("redis-server did not answer on port {port} within 5 s"))
+        Err(format!(
+            "redis-server did not answer on port {port} within 5 s"
+        ))
     }
 
     fn connect(&self) -> Result<redis::Connection, String> {
@@ -684,7 +714,16 @@ fn redis_row(id: &'static str, appendfsync_always: bool, opts: &Options) -> Row 
 fn print_table(rows: &[Row]) {
     println!(
         "{:<18} {:<38} {:>7} {:>13} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
-        "workload", "system", "threads", "ops/s", "p50 µs", "p99 µs", "rsv p50", "rsv p99", "RAM B/op", "disk B/op"
+        "workload",
+        "system",
+        "threads",
+        "ops/s",
+        "p50 µs",
+        "p99 µs",
+        "rsv p50",
+        "rsv p99",
+        "RAM B/op",
+        "disk B/op"
     );
     println!("{}", "-".repeat(140));
     let opt = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
@@ -711,7 +750,11 @@ fn print_table(rows: &[Row]) {
     }
 }
 
-fn write_jsonl(rows: &[Row], opts: &Options, context: &serde_json::Value) -> std::io::Result<std::path::PathBuf> {
+fn write_jsonl(
+    rows: &[Row],
+    opts: &Options,
+    context: &serde_json::Value,
+) -> std::io::Result<std::path::PathBuf> {
     let path = common::bench_root()?.join("compare.jsonl");
     let mut out = File::create(&path)?;
     for r in rows {
@@ -749,7 +792,11 @@ fn write_jsonl(rows: &[Row], opts: &Options, context: &serde_json::Value) -> std
 
 /// The issue's targets, each as a measured figure against a threshold.
 fn print_targets(rows: &[Row]) {
-    let get = |id: &str| rows.iter().find(|r| r.id == id).and_then(|r| r.result.as_ref().ok());
+    let get = |id: &str| {
+        rows.iter()
+            .find(|r| r.id == id)
+            .and_then(|r| r.result.as_ref().ok())
+    };
     let ops = |id: &str| get(id).map(|m| m.ops_per_s);
     let ratio = |a: &str, b: &str| Some(ops(a)? / ops(b)?);
     enum Goal {
@@ -757,18 +804,78 @@ fn print_targets(rows: &[Row]) {
         Below(f64),
     }
     let lines: Vec<(&str, Option<f64>, Goal, &str)> = vec![
-        ("in-memory, 2 threads, pairs/s", ops("mem-2"), Goal::AtLeast(1e6), ""),
-        ("durable None, 2 threads, pairs/s", ops("none-2"), Goal::AtLeast(1e6), ""),
-        ("in-memory 2 thr / sled default 2 thr", ratio("mem-2", "sled-2"), Goal::AtLeast(15.0), "×"),
-        ("None 2 thr / sled default 2 thr", ratio("none-2", "sled-2"), Goal::AtLeast(15.0), "×"),
-        ("in-memory 2 thr / Redis no persistence", ratio("mem-2", "redis-none"), Goal::AtLeast(15.0), "×"),
-        ("None 2 thr / Redis no persistence", ratio("none-2", "redis-none"), Goal::AtLeast(15.0), "×"),
-        ("Sync 64 callers / disk batch-64", ratio("sync-64", "disk-64"), Goal::AtLeast(0.7), "×"),
-        ("Sync 64 callers / Redis appendfsync always", ratio("sync-64", "redis-always"), Goal::AtLeast(4.0), "×"),
-        ("Sync 1 caller / disk batch-1", ratio("sync-1", "disk-1"), Goal::AtLeast(0.85), "×"),
-        ("replay hits, 2 threads, /s", ops("replay-2"), Goal::AtLeast(5e5), ""),
-        ("reserve p99 in-memory, 1 thread, µs", get("mem-1").and_then(|m| m.reserve_p99_us), Goal::Below(5.0), " µs"),
-        ("reserve p99 in-memory, 2 threads, µs", get("mem-2").and_then(|m| m.reserve_p99_us), Goal::Below(5.0), " µs"),
+        (
+            "in-memory, 2 threads, pairs/s",
+            ops("mem-2"),
+            Goal::AtLeast(1e6),
+            "",
+        ),
+        (
+            "durable None, 2 threads, pairs/s",
+            ops("none-2"),
+            Goal::AtLeast(1e6),
+            "",
+        ),
+        (
+            "in-memory 2 thr / sled default 2 thr",
+            ratio("mem-2", "sled-2"),
+            Goal::AtLeast(15.0),
+            "×",
+        ),
+        (
+            "None 2 thr / sled default 2 thr",
+            ratio("none-2", "sled-2"),
+            Goal::AtLeast(15.0),
+            "×",
+        ),
+        (
+            "in-memory 2 thr / Redis no persistence",
+            ratio("mem-2", "redis-none"),
+            Goal::AtLeast(15.0),
+            "×",
+        ),
+        (
+            "None 2 thr / Redis no persistence",
+            ratio("none-2", "redis-none"),
+            Goal::AtLeast(15.0),
+            "×",
+        ),
+        (
+            "Sync 64 callers / disk batch-64",
+            ratio("sync-64", "disk-64"),
+            Goal::AtLeast(0.7),
+            "×",
+        ),
+        (
+            "Sync 64 callers / Redis appendfsync always",
+            ratio("sync-64", "redis-always"),
+            Goal::AtLeast(4.0),
+            "×",
+        ),
+        (
+            "Sync 1 caller / disk batch-1",
+            ratio("sync-1", "disk-1"),
+            Goal::AtLeast(0.85),
+            "×",
+        ),
+        (
+            "replay hits, 2 threads, /s",
+            ops("replay-2"),
+            Goal::AtLeast(5e5),
+            "",
+        ),
+        (
+            "reserve p99 in-memory, 1 thread, µs",
+            get("mem-1").and_then(|m| m.reserve_p99_us),
+            Goal::Below(5.0),
+            " µs",
+        ),
+        (
+            "reserve p99 in-memory, 2 threads, µs",
+            get("mem-2").and_then(|m| m.reserve_p99_us),
+            Goal::Below(5.0),
+            " µs",
+        ),
     ];
     println!();
     println!("Targets (issue #4; ratios within this run):");
@@ -777,7 +884,9 @@ fn print_targets(rows: &[Row]) {
             Goal::AtLeast(t) => (format!("≥ {}{unit}", fmt_num(t)), value.map(|v| v >= t)),
             Goal::Below(t) => (format!("< {}{unit}", fmt_num(t)), value.map(|v| v < t)),
         };
-        let got = value.map_or("not measured".to_string(), |v| format!("{}{unit}", fmt_num(v)));
+        let got = value.map_or("not measured".to_string(), |v| {
+            format!("{}{unit}", fmt_num(v))
+        });
         let verdict = match pass {
             Some(true) => "PASS",
             Some(false) => "MISS",
@@ -828,7 +937,13 @@ fn main() {
     let durable = durable_rows();
     if durable.is_empty() {
         for &(id, system, threads) in DURABLE_PLANNED {
-            rows.push(skipped(id, PAIR, system, threads, "durable engine not on this branch yet"));
+            rows.push(skipped(
+                id,
+                PAIR,
+                system,
+                threads,
+                "durable engine not on this branch yet",
+            ));
         }
     }
     for (id, system, threads) in &durable {
@@ -844,9 +959,19 @@ fn main() {
 
     let redis_missing = "redis-server not installed; install it with `apt-get install -y redis-server` (Debian package redis-server)";
     for (id, always) in [("redis-none", false), ("redis-always", true)] {
-        let system = if always { "Redis appendfsync always" } else { "Redis no persistence" };
+        let system = if always {
+            "Redis appendfsync always"
+        } else {
+            "Redis no persistence"
+        };
         if !opts.redis {
-            rows.push(skipped(id, PAIR, system, REDIS_CONNECTIONS, "skipped by --no-redis"));
+            rows.push(skipped(
+                id,
+                PAIR,
+                system,
+                REDIS_CONNECTIONS,
+                "skipped by --no-redis",
+            ));
         } else if !redis_installed() {
             rows.push(skipped(id, PAIR, system, REDIS_CONNECTIONS, redis_missing));
         } else {

@@ -77,7 +77,10 @@ fn store_ops(c: &mut Criterion) {
                 }
                 let elapsed = start.elapsed();
                 let first = held.first();
-                assert!(matches!(first, None | Some(Outcome::Acquired(_))), "got {first:?}");
+                assert!(
+                    matches!(first, None | Some(Outcome::Acquired(_))),
+                    "got {first:?}"
+                );
                 elapsed
             })
         });
@@ -131,7 +134,10 @@ fn store_ops(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 1) % LOADED;
                 let out = store.reserve(&completed[i], &other).expect("reserve");
-                assert!(matches!(out, Outcome::Conflict { in_flight: false }), "got {out:?}");
+                assert!(
+                    matches!(out, Outcome::Conflict { in_flight: false }),
+                    "got {out:?}"
+                );
             })
         });
 

@@ -107,8 +107,12 @@ pub fn filesystem_of(path: &Path) -> String {
         .filter_map(|line| {
             let mut f = line.split_whitespace();
             let (dev, mount, fstype) = (f.next()?, f.next()?, f.next()?);
-            path.starts_with(mount)
-                .then(|| (mount.len(), format!("{fstype} on {dev} (mounted at {mount})")))
+            path.starts_with(mount).then(|| {
+                (
+                    mount.len(),
+                    format!("{fstype} on {dev} (mounted at {mount})"),
+                )
+            })
         })
         .max_by_key(|(len, _)| *len)
         .map_or_else(|| "unknown".into(), |(_, desc)| desc)

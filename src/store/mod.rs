@@ -9,6 +9,7 @@ pub(crate) mod engine;
 mod maintenance;
 pub(crate) mod memory;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,6 +77,9 @@ pub(crate) struct Shared {
     secret: [u8; 32],
     counters: Counters,
     poison: Mutex<Option<String>>,
+    /// Set once `poison` holds a cause: the hot path reads this flag instead
+    /// of taking a lock that every thread would contend on.
+    poisoned: AtomicBool,
 }
 
 /// Per-call settings for [`Store::reserve_with`].
@@ -255,6 +259,7 @@ impl Store {
             engine_name,
             secret: fresh_secret(),
             poison: Mutex::new(None),
+            poisoned: AtomicBool::new(false),
             config,
         });
         let maintenance = MaintenanceThread::start(&shared);
@@ -286,10 +291,11 @@ impl Store {
         fingerprint: &Fingerprint,
         options: ReserveOptions,
     ) -> Result<Outcome> {
-        let lease = self.shared.reserve(key, fingerprint, options)?;
-        Ok(lease.map(|lease| Reservation {
+        let (outcome, hash) = self.shared.reserve(key, fingerprint, options)?;
+        Ok(outcome.map(|lease| Reservation {
             shared: Arc::clone(&self.shared),
             lease,
+            hash,
             done: false,
         }))
     }
@@ -329,22 +335,25 @@ impl Store {
     /// Completes a held lease (the token-level form behind
     /// [`Reservation::complete`], for backends and the HTTP layer).
     pub fn complete_lease(&self, lease: &Lease, response: Bytes) -> Result<()> {
-        self.shared.complete(lease, response, lease.ttl)
+        let hash = self.shared.hash_of(&lease.key);
+        self.shared.complete(lease, hash, response, lease.ttl)
     }
 
     /// Releases a held lease.
     pub fn release_lease(&self, lease: &Lease) -> Result<()> {
-        self.shared.release(lease)
+        self.shared.release(lease, self.shared.hash_of(&lease.key))
     }
 
     /// Extends a held lease to `now + lease_for`.
     pub fn extend_lease(&self, lease: &mut Lease, lease_for: Duration) -> Result<()> {
-        self.shared.extend(lease, lease_for)
+        let hash = self.shared.hash_of(&lease.key);
+        self.shared.extend(lease, hash, lease_for)
     }
 
     /// Stores a checkpoint under a held lease.
     pub fn checkpoint_lease(&self, lease: &Lease, checkpoint: Bytes) -> Result<()> {
-        self.shared.checkpoint(lease, checkpoint)
+        self.shared
+            .checkpoint(lease, self.shared.hash_of(&lease.key), checkpoint)
     }
 }
 
@@ -366,11 +375,20 @@ impl Shared {
     fn identity<'a>(&self, key: &'a IdempotencyKey) -> Identity<'a> {
         Identity {
             key,
-            hash: IdentityHash::new(&self.secret, key),
+            hash: self.hash_of(key),
         }
     }
 
+    /// The keyed hash of `key`. It is the largest CPU cost of an in-memory
+    /// operation, so a [`Reservation`] keeps the one computed by `reserve`.
+    fn hash_of(&self, key: &IdempotencyKey) -> IdentityHash {
+        IdentityHash::new(&self.secret, key)
+    }
+
     fn check_poison(&self) -> Result<()> {
+        if !self.poisoned.load(Ordering::Acquire) {
+            return Ok(());
+        }
         match &*self.poison.lock() {
             Some(cause) => Err(Error::Poisoned {
                 cause: cause.clone(),
@@ -381,6 +399,7 @@ impl Shared {
 
     pub(crate) fn poison(&self, cause: String) {
         self.poison.lock().get_or_insert(cause);
+        self.poisoned.store(true, Ordering::Release);
     }
 
     fn reserve(
@@ -388,7 +407,7 @@ impl Shared {
         key: &IdempotencyKey,
         fingerprint: &Fingerprint,
         options: ReserveOptions,
-    ) -> Result<Outcome<Lease>> {
+    ) -> Result<(Outcome<Lease>, IdentityHash)> {
         key.check(&self.config.limits)?;
         self.check_poison()?;
         let id = self.identity(key);
@@ -478,14 +497,22 @@ impl Shared {
         if replaced_expired {
             self.counters.add(selector, Event::Expired, 1);
         }
-        Ok(outcome)
+        Ok((outcome, id.hash))
     }
 
     /// Runs `change` on the record held by `lease`, if the lease's token is
     /// still current.
-    fn with_held(&self, lease: &Lease, mut change: impl FnMut(&Record) -> Change) -> Result<()> {
+    fn with_held(
+        &self,
+        lease: &Lease,
+        hash: IdentityHash,
+        mut change: impl FnMut(&Record) -> Change,
+    ) -> Result<()> {
         self.check_poison()?;
-        let id = self.identity(&lease.key);
+        let id = Identity {
+            key: &lease.key,
+            hash,
+        };
         let mut denied = None;
         self.engine.update(
             id,
@@ -503,7 +530,13 @@ impl Shared {
         denied.map_or(Ok(()), Err)
     }
 
-    fn complete(&self, lease: &Lease, response: Bytes, ttl: Duration) -> Result<()> {
+    fn complete(
+        &self,
+        lease: &Lease,
+        hash: IdentityHash,
+        response: Bytes,
+        ttl: Duration,
+    ) -> Result<()> {
         let limit = self.config.limits.max_response_len;
         if response.len() > limit {
             return Err(Error::ResponseTooLarge {
@@ -512,38 +545,30 @@ impl Shared {
             });
         }
         let now = self.config.clock.now();
-        self.with_held(lease, |held| {
+        self.with_held(lease, hash, |held| {
             Change::Put(decision::completed_record(held, response.clone(), now, ttl))
         })?;
-        self.counters.add(
-            IdentityHash::new(&self.secret, &lease.key).shard,
-            Event::Completed,
-            1,
-        );
+        self.counters.add(hash.shard, Event::Completed, 1);
         Ok(())
     }
 
-    fn release(&self, lease: &Lease) -> Result<()> {
-        self.with_held(lease, |_| Change::Remove)?;
-        self.counters.add(
-            IdentityHash::new(&self.secret, &lease.key).shard,
-            Event::Released,
-            1,
-        );
+    fn release(&self, lease: &Lease, hash: IdentityHash) -> Result<()> {
+        self.with_held(lease, hash, |_| Change::Remove)?;
+        self.counters.add(hash.shard, Event::Released, 1);
         Ok(())
     }
 
-    fn extend(&self, lease: &mut Lease, lease_for: Duration) -> Result<()> {
+    fn extend(&self, lease: &mut Lease, hash: IdentityHash, lease_for: Duration) -> Result<()> {
         let now = self.config.clock.now();
         let ttl = lease.ttl;
-        self.with_held(lease, |held| {
+        self.with_held(lease, hash, |held| {
             Change::Put(decision::extended_record(held, now, lease_for, ttl))
         })?;
         lease.lease_until = now.saturating_add(lease_for);
         Ok(())
     }
 
-    fn checkpoint(&self, lease: &Lease, checkpoint: Bytes) -> Result<()> {
+    fn checkpoint(&self, lease: &Lease, hash: IdentityHash, checkpoint: Bytes) -> Result<()> {
         let limit = self.config.limits.max_checkpoint_len;
         if checkpoint.len() > limit {
             return Err(Error::CheckpointTooLarge {
@@ -551,7 +576,7 @@ impl Shared {
                 limit,
             });
         }
-        self.with_held(lease, |held| {
+        self.with_held(lease, hash, |held| {
             Change::Put(decision::checkpointed_record(held, checkpoint.clone()))
         })
     }
@@ -606,6 +631,9 @@ impl Shared {
 pub struct Reservation {
     shared: Arc<Shared>,
     lease: Lease,
+    /// The identity hash `reserve` computed, so completing does not hash
+    /// the key again.
+    hash: IdentityHash,
     done: bool,
 }
 
@@ -655,7 +683,9 @@ impl Reservation {
 
     /// Stores the response with a TTL chosen now.
     pub fn complete_with_ttl(mut self, response: impl Into<Bytes>, ttl: Duration) -> Result<()> {
-        let result = self.shared.complete(&self.lease, response.into(), ttl);
+        let result = self
+            .shared
+            .complete(&self.lease, self.hash, response.into(), ttl);
         // Succeeded, or lost the lease: nothing left to release. Other
         // failures (limits, I/O) still release on drop.
         self.done = matches!(result, Ok(()) | Err(Error::LeaseLost { .. }));
@@ -666,19 +696,20 @@ impl Reservation {
     /// failure that must not be cached).
     pub fn release(mut self) -> Result<()> {
         self.done = true;
-        self.shared.release(&self.lease)
+        self.shared.release(&self.lease, self.hash)
     }
 
     /// Extends the lease to `now + lease`: a heartbeat for long work.
     pub fn extend(&mut self, lease: Duration) -> Result<()> {
-        self.shared.extend(&mut self.lease, lease)
+        self.shared.extend(&mut self.lease, self.hash, lease)
     }
 
     /// Stores a small recovery point, handed to whoever takes the record over
     /// if this holder dies.
     pub fn checkpoint(&mut self, checkpoint: impl Into<Bytes>) -> Result<()> {
         let checkpoint = checkpoint.into();
-        self.shared.checkpoint(&self.lease, checkpoint.clone())?;
+        self.shared
+            .checkpoint(&self.lease, self.hash, checkpoint.clone())?;
         self.lease.checkpoint = Some(checkpoint);
         Ok(())
     }
@@ -696,7 +727,7 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.done {
             // Best effort: if this fails the lease simply runs out.
-            let _ = self.shared.release(&self.lease);
+            let _ = self.shared.release(&self.lease, self.hash);
         }
     }
 }
