@@ -372,6 +372,31 @@ fn per_op(before: Option<u64>, after: Option<u64>, ops: u64) -> Option<f64> {
     Some(after?.saturating_sub(before?) as f64 / ops.max(1) as f64)
 }
 
+/// A store loaded with completed records, and their keys.
+struct Loaded {
+    dir: tempfile::TempDir,
+    store: Store,
+    keys: Arc<Vec<[u8; KEY_LEN]>>,
+}
+
+fn load_completed(system: &IdemlogSystem, n: usize) -> Result<Loaded, String> {
+    let dir = common::scratch_dir("idemlog-replay-").map_err(|e| e.to_string())?;
+    let store = (system.make)(dir.path())?;
+    let mut gen = KeyGen::new(0x5EED);
+    let keys: Vec<[u8; KEY_LEN]> = (0..n).map(|_| gen.next_key()).collect();
+    let mut load = idemlog_pair(store.clone());
+    for k in &keys {
+        load(k)?;
+    }
+    drop(load);
+    store.flush().map_err(|e| e.to_string())?;
+    Ok(Loaded {
+        dir,
+        store,
+        keys: Arc::new(keys),
+    })
+}
+
 /// Loads `opts.replay_keys` completed records, then measures reserves that
 /// replay them (random keys from the loaded set, same fingerprint).
 fn idemlog_replay_row(
@@ -380,20 +405,8 @@ fn idemlog_replay_row(
     threads: usize,
     opts: &Options,
 ) -> Row {
-    let loaded: Result<(tempfile::TempDir, Store, Arc<Vec<[u8; KEY_LEN]>>), String> = (|| {
-        let dir = common::scratch_dir("idemlog-replay-").map_err(|e| e.to_string())?;
-        let store = (system.make)(dir.path())?;
-        let mut gen = KeyGen::new(0x5EED);
-        let keys: Vec<[u8; KEY_LEN]> = (0..opts.replay_keys).map(|_| gen.next_key()).collect();
-        let mut load = idemlog_pair(store.clone());
-        for k in &keys {
-            load(k)?;
-        }
-        store.flush().map_err(|e| e.to_string())?;
-        Ok((dir, store, Arc::new(keys)))
-    })();
-    let (_dir, store, keys) = match loaded {
-        Ok(l) => l,
+    let (_dir, store, keys) = match load_completed(system, opts.replay_keys) {
+        Ok(loaded) => (loaded.dir, loaded.store, loaded.keys),
         Err(e) => {
             return skipped(
                 id,

@@ -183,7 +183,8 @@ mod tests {
         assert_eq!(store.stats().in_flight, 1);
 
         // Completed with a 10 s TTL at 3700 s: gone at 3710 s, not before.
-        held.complete_with_ttl(b"done".to_vec(), 10 * SECOND).unwrap();
+        held.complete_with_ttl(b"done".to_vec(), 10 * SECOND)
+            .unwrap();
         clock.set(Timestamp::from_millis(3_709_999));
         assert_eq!(store.run_maintenance().unwrap().expired, 0);
         let record = store.lookup(&key).unwrap();
