@@ -90,6 +90,10 @@ struct Measured {
     rss_bytes_per_op: Option<f64>,
     /// Disk space per operation at the end of the run (allocated blocks).
     disk_bytes_per_op: Option<f64>,
+    /// CPU time the bench threads used per operation (user + system). For
+    /// in-process systems it is the cost of an operation regardless of what
+    /// else the machine runs; for Redis it is the client side only.
+    cpu_us_per_op: Option<f64>,
 }
 
 /// One request function: does the request for `key` and returns the instant
@@ -112,7 +116,17 @@ where
 {
     let barrier = Barrier::new(threads);
     let budget = Duration::from_secs_f64(opts.secs);
-    type ThreadResult = Result<(Instant, Instant, u64, Histogram<u64>, Histogram<u64>), String>;
+    type ThreadResult = Result<
+        (
+            Instant,
+            Instant,
+            u64,
+            Option<f64>,
+            Histogram<u64>,
+            Histogram<u64>,
+        ),
+        String,
+    >;
     let results: Vec<ThreadResult> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|i| {
@@ -133,6 +147,7 @@ where
                         .map_err(|e| e.to_string())?;
                     let mut reserve = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3)
                         .map_err(|e| e.to_string())?;
+                    let cpu_start = common::thread_cpu_secs();
                     let start = Instant::now();
                     let deadline = start + budget;
                     let mut calls = 0u64;
@@ -150,7 +165,10 @@ where
                         }
                         calls += 1;
                         if calls >= opts.max_calls || t1 >= deadline {
-                            return Ok((start, t1, calls, total, reserve));
+                            let cpu = common::thread_cpu_secs()
+                                .zip(cpu_start)
+                                .map(|(end, start)| end - start);
+                            return Ok((start, t1, calls, cpu, total, reserve));
                         }
                     }
                 })
@@ -169,8 +187,10 @@ where
     let mut reserve =
         Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).map_err(|e| e.to_string())?;
     let (mut first, mut last, mut calls) = (None::<Instant>, None::<Instant>, 0u64);
+    let mut cpu = Some(0.0);
     for r in results {
-        let (start, end, n, t, rsv) = r?;
+        let (start, end, n, thread_cpu, t, rsv) = r?;
+        cpu = cpu.zip(thread_cpu).map(|(sum, c)| sum + c);
         first = Some(first.map_or(start, |f| f.min(start)));
         last = Some(last.map_or(end, |l| l.max(end)));
         calls += n;
@@ -193,6 +213,7 @@ where
         reserve_p99_us: has_reserve.then(|| us(&reserve, 0.99)),
         rss_bytes_per_op: None,
         disk_bytes_per_op: None,
+        cpu_us_per_op: cpu.map(|c| c * 1e6 / ops.max(1) as f64),
     })
 }
 
@@ -726,7 +747,7 @@ fn redis_row(id: &'static str, appendfsync_always: bool, opts: &Options) -> Row 
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<18} {:<38} {:>7} {:>13} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "{:<18} {:<38} {:>7} {:>13} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9}",
         "workload",
         "system",
         "threads",
@@ -735,15 +756,16 @@ fn print_table(rows: &[Row]) {
         "p99 µs",
         "rsv p50",
         "rsv p99",
+        "CPU µs/op",
         "RAM B/op",
         "disk B/op"
     );
-    println!("{}", "-".repeat(140));
+    println!("{}", "-".repeat(152));
     let opt = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
     for r in rows {
         match &r.result {
             Ok(m) => println!(
-                "{:<18} {:<38} {:>7} {:>13} {:>9.2} {:>9.2} {:>9} {:>9} {:>8} {:>8}",
+                "{:<18} {:<38} {:>7} {:>13} {:>9.2} {:>9.2} {:>9} {:>9} {:>8} {:>9} {:>9}",
                 r.workload,
                 r.system,
                 r.threads,
@@ -752,6 +774,7 @@ fn print_table(rows: &[Row]) {
                 m.p99_us,
                 opt(m.reserve_p50_us, 2),
                 opt(m.reserve_p99_us, 2),
+                opt(m.cpu_us_per_op, 2),
                 opt(m.rss_bytes_per_op, 0),
                 opt(m.disk_bytes_per_op, 0),
             ),
@@ -789,6 +812,7 @@ fn write_jsonl(
                     "p99_us": m.p99_us,
                     "reserve_p50_us": m.reserve_p50_us,
                     "reserve_p99_us": m.reserve_p99_us,
+                    "cpu_us_per_op": m.cpu_us_per_op,
                     "rss_bytes_per_op": m.rss_bytes_per_op.map(f64::round),
                     "disk_bytes_per_op": m.disk_bytes_per_op.map(f64::round),
                 });
@@ -1016,6 +1040,7 @@ fn main() {
     );
     println!("  * sled's flush() uses sync_file_range (plus fsync of its own metadata only when needed), which is weaker than fdatasync: it does not flush the disk's write cache or file metadata.");
     println!("  * Redis: {REDIS_CONNECTIONS} client threads, one connection each, one request at a time per connection (no pipelining); SET key v NX PX {LEASE_TTL_MS} then SET key v XX. Client and server share the machine's cores.");
+    println!("  * CPU µs/op = CPU time (user + system) of the bench threads per operation: what an operation costs whatever else the machine runs (Redis rows: the client side only).");
     println!("  * RAM B/op = growth of the resident set of the process holding the data (Redis: the server) per request; allocator reuse makes it approximate — benches/footprint.rs measures it carefully.");
     println!("  * The machine's cores are shared with other work: figures are noisy, ratios within one run are what count.");
     print_targets(&rows);

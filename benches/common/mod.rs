@@ -174,3 +174,25 @@ pub fn thousands(n: f64) -> String {
     }
     format!("{sign}{out}")
 }
+
+/// CPU time (user + system) the calling thread has used, from
+/// /proc/thread-self/stat, in seconds. Resolution is one clock tick
+/// (usually 10 ms), fine over runs of a second or more.
+pub fn thread_cpu_secs() -> Option<f64> {
+    static TICKS_PER_SEC: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks = *TICKS_PER_SEC.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    });
+    let stat = fs::read_to_string("/proc/thread-self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / ticks)
+}
