@@ -237,59 +237,89 @@ struct Row {
     runs: usize,
 }
 
-/// Runs `run` `opts.runs` times and keeps the median run by throughput.
-fn median_row(
+/// A row to measure: its label and a function doing one run. Runs are
+/// interleaved (every row's first run, then every row's second run, ...), so
+/// a slow spell of the shared machine spreads over all rows instead of
+/// skewing the ratios between two of them.
+struct Planned<'a> {
+    id: &'static str,
+    workload: &'static str,
+    system: String,
+    threads: usize,
+    run: Box<dyn FnMut() -> Result<Measured, String> + 'a>,
+    done: Vec<Measured>,
+    /// Why the row is not measured (set at planning or by a failed run).
+    not_measured: Option<String>,
+}
+
+fn plan<'a>(
     id: &'static str,
     workload: &'static str,
     system: impl Into<String>,
     threads: usize,
-    opts: &Options,
-    mut run: impl FnMut() -> Result<Measured, String>,
-) -> Row {
-    let system = system.into();
-    eprintln!("  measuring {system} / {workload} / {threads} thread(s)...");
-    let mut all = Vec::new();
-    let mut failure = None;
-    for _ in 0..opts.runs {
-        match run() {
-            Ok(m) => all.push(m),
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
-        }
-    }
-    let result = match failure {
-        Some(e) => Err(format!("failed: {e}")),
-        None => {
-            all.sort_by(|a, b| a.ops_per_s.total_cmp(&b.ops_per_s));
-            Ok(all.swap_remove(all.len() / 2))
-        }
-    };
-    Row {
+    run: impl FnMut() -> Result<Measured, String> + 'a,
+) -> Planned<'a> {
+    Planned {
         id,
         workload,
-        system,
+        system: system.into(),
         threads,
-        result,
-        runs: opts.runs,
+        run: Box::new(run),
+        done: Vec::new(),
+        not_measured: None,
     }
 }
 
-fn skipped(
+fn skipped<'a>(
     id: &'static str,
     workload: &'static str,
     system: &str,
     threads: usize,
     why: &str,
-) -> Row {
-    Row {
-        id,
-        workload,
-        system: system.into(),
-        threads,
-        result: Err(why.into()),
-        runs: 0,
+) -> Planned<'a> {
+    let mut p = plan(id, workload, system, threads, || Err("skipped".into()));
+    p.not_measured = Some(why.into());
+    p
+}
+
+impl Planned<'_> {
+    fn run_once(&mut self, run: usize, runs: usize) {
+        if self.not_measured.is_some() {
+            return;
+        }
+        eprintln!(
+            "  run {}/{runs}: {} / {} / {} thread(s)",
+            run + 1,
+            self.system,
+            self.workload,
+            self.threads
+        );
+        match (self.run)() {
+            Ok(m) => self.done.push(m),
+            Err(e) => self.not_measured = Some(format!("failed: {e}")),
+        }
+    }
+
+    /// The row, with the median run by throughput.
+    fn finish(mut self) -> Row {
+        let runs = self.done.len();
+        let result = match self.not_measured {
+            Some(why) => Err(why),
+            None if self.done.is_empty() => Err("no run".into()),
+            None => {
+                self.done
+                    .sort_by(|a, b| a.ops_per_s.total_cmp(&b.ops_per_s));
+                Ok(self.done.swap_remove(runs / 2))
+            }
+        };
+        Row {
+            id: self.id,
+            workload: self.workload,
+            system: self.system,
+            threads: self.threads,
+            result,
+            runs,
+        }
     }
 }
 
@@ -365,14 +395,14 @@ fn idemlog_pair(store: Store) -> Request<'static> {
     })
 }
 
-fn idemlog_pairs_row(
+fn idemlog_pairs_row<'a>(
     id: &'static str,
-    system: &IdemlogSystem,
+    system: &'a IdemlogSystem,
     threads: usize,
-    opts: &Options,
-) -> Row {
+    opts: &'a Options,
+) -> Planned<'a> {
     let mut seed = 0;
-    median_row(id, PAIR, system.name.clone(), threads, opts, || {
+    plan(id, PAIR, system.name.clone(), threads, move || {
         seed += 1;
         let dir = common::scratch_dir("idemlog-").map_err(|e| e.to_string())?;
         let store = (system.make)(dir.path())?;
@@ -420,13 +450,13 @@ fn load_completed(system: &IdemlogSystem, n: usize) -> Result<Loaded, String> {
 
 /// Loads `opts.replay_keys` completed records, then measures reserves that
 /// replay them (random keys from the loaded set, same fingerprint).
-fn idemlog_replay_row(
+fn idemlog_replay_row<'a>(
     id: &'static str,
-    system: &IdemlogSystem,
+    system: &'a IdemlogSystem,
     threads: usize,
-    opts: &Options,
-) -> Row {
-    let (_dir, store, keys) = match load_completed(system, opts.replay_keys) {
+    opts: &'a Options,
+) -> Planned<'a> {
+    let (dir, store, keys) = match load_completed(system, opts.replay_keys) {
         Ok(loaded) => (loaded.dir, loaded.store, loaded.keys),
         Err(e) => {
             return skipped(
@@ -439,7 +469,8 @@ fn idemlog_replay_row(
         }
     };
     let fp = bench_fingerprint();
-    median_row(id, REPLAY, system.name.clone(), threads, opts, || {
+    plan(id, REPLAY, system.name.clone(), threads, move || {
+        let _keep_files = &dir;
         drive(threads, opts, &Keys::Existing(Arc::clone(&keys)), 1, |_| {
             let store = store.clone();
             Ok(Box::new(move |k: &[u8; KEY_LEN]| {
@@ -499,7 +530,7 @@ fn record_bytes(len: usize, salt: u8) -> Vec<u8> {
 /// (reserve must be durable before the work runs, complete before the
 /// response is acknowledged): 2 syncs per pair. With `batch == 64`, the 128
 /// records of 64 pairs go out in one write and one fdatasync.
-fn disk_limit_row(id: &'static str, batch: usize, opts: &Options) -> Row {
+fn disk_limit_row<'a>(id: &'static str, batch: usize, opts: &'a Options) -> Planned<'a> {
     let system = format!(
         "disk limit: fdatasync per {}",
         if batch == 1 {
@@ -508,7 +539,7 @@ fn disk_limit_row(id: &'static str, batch: usize, opts: &Options) -> Row {
             format!("{batch} pairs")
         }
     );
-    median_row(id, PAIR, system, 1, opts, || {
+    plan(id, PAIR, system, 1, move || {
         let dir = common::scratch_dir("disk-limit-").map_err(|e| e.to_string())?;
         let file = preallocated_file(dir.path()).map_err(|e| e.to_string())?;
         let reserve = record_bytes(RESERVE_RECORD_BYTES, 0x5A);
@@ -558,13 +589,13 @@ fn in_flight_value() -> Vec<u8> {
     v
 }
 
-fn sled_row(id: &'static str, flush: bool, threads: usize, opts: &Options) -> Row {
+fn sled_row<'a>(id: &'static str, flush: bool, threads: usize, opts: &'a Options) -> Planned<'a> {
     let system = if flush {
         "sled 0.34 + flush() per complete"
     } else {
         "sled 0.34 default"
     };
-    median_row(id, PAIR, system, threads, opts, || {
+    plan(id, PAIR, system, threads, move || {
         let dir = common::scratch_dir("sled-").map_err(|e| e.to_string())?;
         let db = sled::open(dir.path()).map_err(|e| e.to_string())?;
         let rss_before = common::rss_bytes();
@@ -685,7 +716,7 @@ fn redis_installed() -> bool {
 
 const REDIS_CONNECTIONS: usize = 64;
 
-fn redis_row(id: &'static str, appendfsync_always: bool, opts: &Options) -> Row {
+fn redis_row<'a>(id: &'static str, appendfsync_always: bool, opts: &'a Options) -> Planned<'a> {
     let system = if appendfsync_always {
         "Redis appendfsync always"
     } else {
@@ -696,7 +727,7 @@ fn redis_row(id: &'static str, appendfsync_always: bool, opts: &Options) -> Row 
         Err(e) => return skipped(id, PAIR, system, REDIS_CONNECTIONS, &e),
     };
     let mut seed = 100;
-    median_row(id, PAIR, system, REDIS_CONNECTIONS, opts, || {
+    plan(id, PAIR, system, REDIS_CONNECTIONS, move || {
         seed += 1;
         let mut admin = server.connect()?;
         redis::cmd("FLUSHALL")
@@ -965,16 +996,16 @@ fn main() {
         common::thousands(opts.max_calls as f64)
     );
 
-    let mut rows = Vec::new();
     let memory = IdemlogSystem::in_memory();
-    rows.push(idemlog_pairs_row("mem-1", &memory, 1, &opts));
-    rows.push(idemlog_pairs_row("mem-2", &memory, 2, &opts));
-    rows.push(idemlog_replay_row("replay-2", &memory, 2, &opts));
-
     let durable = durable_rows();
+    let mut planned = Vec::new();
+    planned.push(idemlog_pairs_row("mem-1", &memory, 1, &opts));
+    planned.push(idemlog_pairs_row("mem-2", &memory, 2, &opts));
+    planned.push(idemlog_replay_row("replay-2", &memory, 2, &opts));
+
     if durable.is_empty() {
         for &(id, system, threads) in DURABLE_PLANNED {
-            rows.push(skipped(
+            planned.push(skipped(
                 id,
                 PAIR,
                 system,
@@ -984,15 +1015,15 @@ fn main() {
         }
     }
     for (id, system, threads) in &durable {
-        rows.push(idemlog_pairs_row(id, system, *threads, &opts));
+        planned.push(idemlog_pairs_row(id, system, *threads, &opts));
     }
 
-    rows.push(disk_limit_row("disk-1", 1, &opts));
-    rows.push(disk_limit_row("disk-64", 64, &opts));
+    planned.push(disk_limit_row("disk-1", 1, &opts));
+    planned.push(disk_limit_row("disk-64", 64, &opts));
 
-    rows.push(sled_row("sled-1", false, 1, &opts));
-    rows.push(sled_row("sled-2", false, 2, &opts));
-    rows.push(sled_row("sled-flush-2", true, 2, &opts));
+    planned.push(sled_row("sled-1", false, 1, &opts));
+    planned.push(sled_row("sled-2", false, 2, &opts));
+    planned.push(sled_row("sled-flush-2", true, 2, &opts));
 
     let redis_missing = "redis-server not installed; install it with `apt-get install -y redis-server` (Debian package redis-server)";
     for (id, always) in [("redis-none", false), ("redis-always", true)] {
@@ -1002,7 +1033,7 @@ fn main() {
             "Redis no persistence"
         };
         if !opts.redis {
-            rows.push(skipped(
+            planned.push(skipped(
                 id,
                 PAIR,
                 system,
@@ -1010,18 +1041,25 @@ fn main() {
                 "skipped by --no-redis",
             ));
         } else if !redis_installed() {
-            rows.push(skipped(id, PAIR, system, REDIS_CONNECTIONS, redis_missing));
+            planned.push(skipped(id, PAIR, system, REDIS_CONNECTIONS, redis_missing));
         } else {
-            rows.push(redis_row(id, always, &opts));
+            planned.push(redis_row(id, always, &opts));
         }
     }
     if opts.redis && !redis_installed() {
         eprintln!("{redis_missing}: Redis rows skipped");
     }
 
+    for run in 0..opts.runs {
+        for row in planned.iter_mut() {
+            row.run_once(run, opts.runs);
+        }
+    }
+    let rows: Vec<Row> = planned.into_iter().map(Planned::finish).collect();
+
     println!();
     println!(
-        "idemlog compare — {} mode, {} run(s) per row (median run shown), {:.0} s per run",
+        "idemlog compare — {} mode, {} run(s) per row, interleaved across rows (median run shown), {:.0} s per run",
         if opts.quick { "quick" } else { "full" },
         opts.runs,
         opts.secs
