@@ -489,17 +489,12 @@ fn idemlog_replay_row<'a>(
 // ---------------------------------------------------------------------------
 // The disk's own limit
 
-/// Framed size of a reserve record, estimated from SPEC §4's framing until
-/// the durable log's format is on this branch: frame header (length, its
-/// checksum, payload checksum: 12 B), kind (1 B), scope and key with their
-/// lengths (4 + 12 + 32 B), fingerprint with its algorithm (33 B), token,
-/// lease-until, expires-at, created-at (32 B), attempts (4 B): 130 B, rounded
-/// up to 8-byte alignment.
-const RESERVE_RECORD_BYTES: usize = 136;
-/// Framed size of a complete record: the same header and identity (98 B),
-/// completed-at and expires-at (16 B), response length (4 B) and the 300-byte
-/// response: 418 B, rounded up to 8-byte alignment.
-const COMPLETE_RECORD_BYTES: usize = 424;
+/// Framed size of the durable log's reserve record for these requests (the
+/// durable branch's docs/FORMAT.md): frame header and trailer (12 B), fixed
+/// record fields (88 B), scope `tenant-bench` (12 B), key (32 B).
+const RESERVE_RECORD_BYTES: usize = 12 + 88 + SCOPE.len() + KEY_LEN;
+/// Framed size of the complete record: the same, plus the 300-byte response.
+const COMPLETE_RECORD_BYTES: usize = RESERVE_RECORD_BYTES + common::RESPONSE_LEN;
 const PAIR_BYTES: usize = RESERVE_RECORD_BYTES + COMPLETE_RECORD_BYTES;
 /// Size of the preallocated file the disk rows overwrite from offset 0.
 const DISK_FILE_BYTES: u64 = 64 << 20;
