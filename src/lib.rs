@@ -66,6 +66,11 @@ mod record;
 mod response;
 mod store;
 
+/// The README's examples compile and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use backend::Backend;
 pub use bytes::Bytes;
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};

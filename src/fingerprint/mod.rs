@@ -165,7 +165,7 @@ pub struct Fingerprinter {
 
 #[derive(Clone)]
 enum Body {
-    Raw(blake3::Hasher),
+    Raw(Box<blake3::Hasher>),
     Json(Vec<u8>),
 }
 
@@ -185,7 +185,7 @@ impl Fingerprinter {
     /// A fingerprinter for `algorithm`.
     pub fn new(algorithm: FingerprintAlgorithm) -> Self {
         let body = match algorithm {
-            FingerprintAlgorithm::Blake3Raw => Body::Raw(blake3::Hasher::new()),
+            FingerprintAlgorithm::Blake3Raw => Body::Raw(Box::default()),
             FingerprintAlgorithm::Blake3CanonicalJson => Body::Json(Vec::new()),
         };
         Fingerprinter {
@@ -254,7 +254,7 @@ impl Fingerprinter {
         mut parts: blake3::Hasher,
         body: blake3::Hash,
     ) -> Fingerprint {
-        parts.update(&[b'B']);
+        parts.update(b"B");
         parts.update(body.as_bytes());
         Fingerprint::from_parts(algorithm, *parts.finalize().as_bytes())
     }
