@@ -9,6 +9,7 @@ pub(crate) mod engine;
 mod maintenance;
 pub(crate) mod memory;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,7 +76,9 @@ pub(crate) struct Shared {
     config: Config,
     secret: [u8; 32],
     counters: Counters,
-    poison: Mutex<Option<String>>,
+    /// Set once, never cleared: checked on every write without a lock.
+    poisoned: AtomicBool,
+    poison_cause: Mutex<Option<String>>,
 }
 
 /// Per-call settings for [`Store::reserve_with`].
@@ -254,7 +257,8 @@ impl Store {
             engine,
             engine_name,
             secret: fresh_secret(),
-            poison: Mutex::new(None),
+            poisoned: AtomicBool::new(false),
+            poison_cause: Mutex::new(None),
             config,
         });
         let maintenance = MaintenanceThread::start(&shared);
@@ -371,16 +375,16 @@ impl Shared {
     }
 
     fn check_poison(&self) -> Result<()> {
-        match &*self.poison.lock() {
-            Some(cause) => Err(Error::Poisoned {
-                cause: cause.clone(),
-            }),
-            None => Ok(()),
+        if !self.poisoned.load(Ordering::Acquire) {
+            return Ok(());
         }
+        let cause = self.poison_cause.lock().clone().unwrap_or_default();
+        Err(Error::Poisoned { cause })
     }
 
     pub(crate) fn poison(&self, cause: String) {
-        self.poison.lock().get_or_insert(cause);
+        self.poison_cause.lock().get_or_insert(cause);
+        self.poisoned.store(true, Ordering::Release);
     }
 
     fn reserve(
@@ -706,5 +710,29 @@ impl std::fmt::Debug for Shared {
         f.debug_struct("Shared")
             .field("engine", &self.engine_name)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_poisoned_store_refuses_writes_with_the_cause() {
+        let store = Store::in_memory(Config::builder().maintenance_interval(None).build());
+        let key = store.key("t", "k").unwrap();
+        let fp = Fingerprint::of_bytes(b"x");
+        let Outcome::Acquired(r) = store.reserve(&key, &fp).unwrap() else {
+            panic!("fresh key")
+        };
+        store.shared.poison("background maintenance panicked: boom".into());
+        let err = store.reserve(&key, &fp).unwrap_err();
+        assert!(
+            matches!(&err, Error::Poisoned { cause } if cause.contains("boom")),
+            "got {err:?}"
+        );
+        let err = r.complete(Bytes::from_static(b"x")).unwrap_err();
+        assert!(matches!(err, Error::Poisoned { .. }), "got {err:?}");
+        assert!(err.to_string().contains("reopen"), "{err}");
     }
 }
