@@ -40,6 +40,8 @@ pub struct SkipIdempotency;
 #[derive(Clone)]
 pub(crate) struct Settings {
     pub(crate) header: HeaderName,
+    /// The header's name as shown in problem details.
+    pub(crate) header_label: String,
     pub(crate) methods: Vec<Method>,
     pub(crate) require_key: bool,
     pub(crate) accept_unquoted: bool,
@@ -59,6 +61,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             header: IDEMPOTENCY_KEY,
+            header_label: "Idempotency-Key".to_owned(),
             methods: vec![Method::POST, Method::PATCH],
             require_key: true,
             accept_unquoted: false,
@@ -140,7 +143,9 @@ impl<B: Backend> IdempotencyLayer<B> {
 
     /// Reads the key from this header instead of `Idempotency-Key`.
     pub fn header_name(mut self, name: HeaderName) -> Self {
-        self.settings().header = name;
+        let settings = self.settings();
+        settings.header_label = name.as_str().to_owned();
+        settings.header = name;
         self
     }
 

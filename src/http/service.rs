@@ -141,7 +141,7 @@ impl<B: Backend> Shared<B> {
         ResBody::Error: Into<BoxError>,
     {
         let settings = &self.settings;
-        let header = settings.header.as_str();
+        let header = settings.header_label.as_str();
         let client_key = match self.read_key(&parts.headers) {
             Ok(Some(key)) => key,
             Ok(None) if !settings.require_key => {
@@ -424,7 +424,7 @@ impl<B: Backend> Shared<B> {
                     .with_detail(format!(
                         "the handler failed while processing the request with {} \"{client_key}\"; \
                          nothing was stored, so a retry with the same key runs it again",
-                        self.settings.header
+                        self.settings.header_label
                     ))
                     .with_key(client_key),
             )),
