@@ -16,6 +16,13 @@ use tokio::sync::mpsc;
 /// which is what a disconnect does to the service stack.
 struct DropAlarm(Option<mpsc::UnboundedSender<()>>);
 
+impl DropAlarm {
+    /// The future finished: dropping it now is no alarm.
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
 impl Drop for DropAlarm {
     fn drop(&mut self) {
         if let Some(tx) = self.0.take() {
@@ -38,10 +45,10 @@ async fn handler_completes_after_the_client_disconnects_and_the_retry_replays() 
                 .wait_for_in_flight(std::time::Duration::from_secs(20)),
         )
         .layer(middleware::from_fn(move |request: Request, next: Next| {
-            let mut alarm = DropAlarm(Some(cancel_tx.clone()));
+            let alarm = DropAlarm(Some(cancel_tx.clone()));
             async move {
                 let response: Response = next.run(request).await;
-                alarm.0 = None;
+                alarm.disarm();
                 response
             }
         }));

@@ -10,6 +10,7 @@ use http::{request, Method, Response};
 use tower_layer::Layer;
 
 use super::policy::StoragePolicy;
+use super::problem::Problem;
 use super::service::IdempotencyService;
 use super::wait::Waiters;
 use crate::backend::Backend;
@@ -25,8 +26,36 @@ pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key
 pub const DEFAULT_PROBLEM_TYPE_BASE: &str = "urn:idemlog:problem:";
 
 /// What a scope extractor answers instead of a scope: the response the
-/// client gets (typically a 401 built with [`Problem`](super::Problem)).
-pub type ScopeRejection = Response<Bytes>;
+/// client gets, typically a 401 built from a [`Problem`].
+///
+/// ```
+/// use idemlog::http::{Problem, ScopeRejection};
+/// use http::StatusCode;
+///
+/// let rejection: ScopeRejection = Problem::new(StatusCode::UNAUTHORIZED, "Bearer token required").into();
+/// assert_eq!(rejection.into_response().status(), StatusCode::UNAUTHORIZED);
+/// ```
+#[derive(Debug)]
+pub struct ScopeRejection(Box<Response<Bytes>>);
+
+impl ScopeRejection {
+    /// The response to answer.
+    pub fn into_response(self) -> Response<Bytes> {
+        *self.0
+    }
+}
+
+impl From<Response<Bytes>> for ScopeRejection {
+    fn from(response: Response<Bytes>) -> Self {
+        ScopeRejection(Box::new(response))
+    }
+}
+
+impl From<Problem> for ScopeRejection {
+    fn from(problem: Problem) -> Self {
+        problem.into_response().into()
+    }
+}
 
 pub(crate) type ScopeFn =
     Arc<dyn Fn(&request::Parts) -> Result<Vec<u8>, ScopeRejection> + Send + Sync>;

@@ -13,7 +13,7 @@
 //!     // The scope: who is calling. Records of two scopes never meet.
 //!     match request.headers.get("authorization").and_then(|v| v.to_str().ok()) {
 //!         Some(token) => Ok(token.trim_start_matches("Bearer ").to_owned()),
-//!         None => Err(Problem::new(StatusCode::UNAUTHORIZED, "Bearer token required").into_response()),
+//!         None => Err(Problem::new(StatusCode::UNAUTHORIZED, "Bearer token required").into()),
 //!     }
 //! });
 //! let app: Router = Router::new()

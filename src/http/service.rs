@@ -172,7 +172,7 @@ impl<B: Backend> Shared<B> {
 
         let scope = match (self.scope)(&parts) {
             Ok(scope) => scope,
-            Err(rejection) => return Ok(rejection.map(ResponseBody::full)),
+            Err(rejection) => return Ok(rejection.into_response().map(ResponseBody::full)),
         };
         let method = parts.method.as_str();
         let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -510,7 +510,9 @@ enum Handled<B> {
     Collected(http::response::Parts, Collected<B>),
 }
 
-/// What the driver hands the request's future.
+/// What the driver hands the request's future (moved once, so its size
+/// does not matter).
+#[allow(clippy::large_enum_variant)]
 enum Driven<B, E> {
     Response(Response<ResponseBody<B>>),
     Failed(E),

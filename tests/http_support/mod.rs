@@ -20,7 +20,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use idemlog::http::{IdempotencyLayer, Problem};
+use idemlog::http::{IdempotencyLayer, Problem, ScopeRejection};
 use idemlog::{Config, ManualClock, Store, Timestamp};
 use tokio::sync::{mpsc, Mutex, Notify};
 
@@ -50,16 +50,14 @@ impl Probe {
 }
 
 /// The tenant is the bearer token; no token is a 401.
-pub fn tenant_scope(parts: &http::request::Parts) -> Result<String, http::Response<Bytes>> {
+pub fn tenant_scope(parts: &http::request::Parts) -> Result<String, ScopeRejection> {
     parts
         .headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| format!("tenant:{t}"))
-        .ok_or_else(|| {
-            Problem::new(StatusCode::UNAUTHORIZED, "Bearer token required").into_response()
-        })
+        .ok_or_else(|| Problem::new(StatusCode::UNAUTHORIZED, "Bearer token required").into())
 }
 
 async fn create_contact(
