@@ -58,6 +58,8 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+#[cfg(feature = "client")]
+pub mod client;
 mod clock;
 mod config;
 pub mod decision;

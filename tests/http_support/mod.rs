@@ -129,6 +129,21 @@ async fn flaky(State(probe): State<Arc<Probe>>) -> Response {
     (StatusCode::CREATED, format!("done on execution {n}")).into_response()
 }
 
+async fn throttled(State(probe): State<Arc<Probe>>) -> Response {
+    let n = probe.executions.fetch_add(1, Ordering::SeqCst) + 1;
+    let left = probe.failures_left.load(Ordering::SeqCst);
+    if left > 0 {
+        probe.failures_left.store(left - 1, Ordering::SeqCst);
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "7")],
+            format!("throttled {n}"),
+        )
+            .into_response();
+    }
+    (StatusCode::CREATED, format!("done on execution {n}")).into_response()
+}
+
 async fn panicky(State(probe): State<Arc<Probe>>) -> Response {
     let n = probe.executions.fetch_add(1, Ordering::SeqCst) + 1;
     if probe
@@ -166,6 +181,7 @@ pub fn routes(probe: Arc<Probe>) -> Router {
         .route("/contacts/{id}", patch(update_contact).put(update_contact))
         .route("/slow", post(slow))
         .route("/flaky", post(flaky))
+        .route("/throttled", post(throttled))
         .route("/panic", post(panicky))
         .route("/status/{code}", post(status))
         .route("/big", post(big))
