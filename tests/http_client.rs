@@ -167,11 +167,7 @@ async fn a_409_in_flight_is_retried_after_its_retry_after_and_replays() {
         async move {
             probe.release.notify_one();
             let key = store.key("tenant:alice", "slow-1").unwrap();
-            while !store
-                .lookup(&key)
-                .unwrap()
-                .is_some_and(|r| !r.is_in_flight())
-            {
+            while store.lookup(&key).unwrap().is_none_or(|r| r.is_in_flight()) {
                 tokio::task::yield_now().await;
             }
         }

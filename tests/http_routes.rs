@@ -136,3 +136,61 @@ async fn header_name_and_problem_type_base_are_configurable() {
     assert!(b.replayed());
     server.abort();
 }
+
+/// What an authentication middleware leaves for the handlers.
+#[derive(Clone)]
+struct Account(String);
+
+#[tokio::test]
+async fn scope_from_an_extension_set_by_the_auth_layer() {
+    let (store, _clock) = store(1 << 20);
+    let counter = Arc::new(AtomicUsize::new(0));
+    let layer = IdempotencyLayer::new(store, |request: &http::request::Parts| {
+        request
+            .extensions
+            .get::<Account>()
+            .map(|a| a.0.clone())
+            .ok_or_else(|| {
+                idemlog::http::Problem::new(http::StatusCode::UNAUTHORIZED, "not signed in").into()
+            })
+    });
+    // The auth layer runs first (outermost) and maps API keys to accounts.
+    let app = Router::new()
+        .route("/orders", counting(&counter))
+        .layer(layer)
+        .layer(middleware::from_fn(
+            |mut request: Request, next: Next| async move {
+                let account = match request
+                    .headers()
+                    .get("x-api-key")
+                    .and_then(|v| v.to_str().ok())
+                {
+                    Some("key-a1") | Some("key-a2") => Some(Account("acct-a".into())),
+                    Some("key-b") => Some(Account("acct-b".into())),
+                    _ => None,
+                };
+                if let Some(account) = account {
+                    request.extensions_mut().insert(account);
+                }
+                next.run(request).await
+            },
+        ));
+    let (addr, server) = serve(app).await;
+    let send = |api_key: &'static str| {
+        call("POST", "/orders")
+            .anonymous()
+            .header("x-api-key", api_key)
+            .key("k")
+            .send(addr)
+    };
+    let a1 = send("key-a1").await;
+    // Another API key of the same account shares its records.
+    let a2 = send("key-a2").await;
+    assert!(a2.replayed() && a2.body == a1.body, "{a2:?}");
+    let b = send("key-b").await;
+    assert!(!b.replayed(), "another account is another scope");
+    assert_eq!(counter.load(Ordering::SeqCst), 2);
+    let none = send("wrong").await;
+    assert_eq!(none.status, 401);
+    server.abort();
+}
