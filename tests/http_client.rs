@@ -1,5 +1,7 @@
 //! The retrying client against the contacts server, with injected faults.
 
+#![cfg(feature = "client")]
+
 mod http_support;
 
 use std::convert::Infallible;

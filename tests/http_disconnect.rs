@@ -1,6 +1,8 @@
 //! A client that goes away does not cancel the handler: its response is
 //! stored and the retry replays it.
 
+#![cfg(feature = "http")]
+
 mod http_support;
 
 use std::sync::Arc;

@@ -1,5 +1,7 @@
 //! The HTTP layer over real HTTP: every row of SPEC §7.
 
+#![cfg(feature = "http")]
+
 mod http_support;
 
 use std::sync::atomic::Ordering;

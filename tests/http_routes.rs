@@ -1,5 +1,7 @@
 //! Per-route opt-in and opt-out with axum routers, and the layer's knobs.
 
+#![cfg(feature = "http")]
+
 mod http_support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

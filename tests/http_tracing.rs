@@ -1,5 +1,7 @@
 //! The layer's events name keys by a hash, never in clear.
 
+#![cfg(feature = "http")]
+
 mod http_support;
 
 use std::fmt::Write as _;

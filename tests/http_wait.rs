@@ -1,5 +1,7 @@
 //! The optional bounded wait for an in-flight duplicate.
 
+#![cfg(feature = "http")]
+
 mod http_support;
 
 use std::sync::Arc;

@@ -86,6 +86,7 @@ mod layer;
 mod policy;
 mod problem;
 mod replay;
+mod run;
 mod service;
 pub mod sf_string;
 mod trace;
