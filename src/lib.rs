@@ -50,17 +50,23 @@
 //! * [`fingerprint`](Fingerprinter) — blake3 digests of raw or canonical-JSON bodies;
 //! * [`decision`] — the decision table as pure functions shared by all engines;
 //! * [`Store`] — the API over an engine (in memory now; the durable log);
-//! * [`backend`] — the async boundary the HTTP layer and network backends share.
+//! * [`backend`] — the async boundary the HTTP layer and network backends share;
+//! * `http` (feature `http`, on by default) — the tower/axum middleware;
+//! * `client` (feature `client`, on by default) — stable keys and retries for Rust callers.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod backend;
+#[cfg(feature = "client")]
+pub mod client;
 mod clock;
 mod config;
 pub mod decision;
 mod error;
 mod fingerprint;
+#[cfg(feature = "http")]
+pub mod http;
 mod identity;
 mod record;
 mod response;

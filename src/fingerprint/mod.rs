@@ -241,7 +241,7 @@ impl Fingerprinter {
         Ok(Self::combine(self.algorithm, self.parts, body_digest))
     }
 
-    fn finish_raw(self) -> Fingerprint {
+    pub(crate) fn finish_raw(self) -> Fingerprint {
         match self.body {
             Body::Raw(h) => Self::combine(self.algorithm, self.parts, h.finalize()),
             // Only called on a raw fingerprinter.
