@@ -21,6 +21,9 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, all features, -D warnings)"
 cargo clippy --all-targets --all-features -- -D warnings
 
+step "cargo doc (all features, -D warnings)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
+
 step "cargo test (all features; release, since the concurrency and crash tests are heavy)"
 cargo test --release --all-features
 

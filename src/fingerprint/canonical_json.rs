@@ -145,7 +145,7 @@ impl std::error::Error for CanonicalJsonError {}
 /// Writes the RFC 8785 canonical form of `json` to `out`.
 ///
 /// The canonical bytes are appended to `out`; on error `out` is left
-/// unchanged. See the [module documentation](self) for the exact rules.
+/// unchanged. The rules are RFC 8785's: members sorted by UTF-16 code units, numbers in ECMAScript form, minimal string escapes, no whitespace.
 pub fn canonicalize_into(json: &[u8], out: &mut Vec<u8>) -> Result<(), CanonicalJsonError> {
     let value = parse(json)?;
     out.reserve(json.len());
