@@ -33,6 +33,8 @@ use crate::error::{Error, Result};
 const WRITE_AT: usize = 1 << 20;
 /// ...and a caller writes it itself (back-pressure) past this much.
 const WRITE_MYSELF_AT: usize = 16 << 20;
+/// Bytes a mark frame takes.
+const MARK_ROOM: u64 = 64;
 /// In `None` mode, how often the writer thread writes a non-empty buffer.
 const NONE_WRITE_EVERY: Duration = Duration::from_millis(10);
 
@@ -397,7 +399,10 @@ impl Log {
                 std::io::Error::other("segment ids are exhausted"),
             )
         })?;
-        let size = self.segment_size.max(u64::from(HEADER_LEN) + need as u64);
+        // Room for the mark a roll appends first.
+        let size = self
+            .segment_size
+            .max(u64::from(HEADER_LEN) + need as u64 + MARK_ROOM);
         let on_disk = self.bytes_on_disk.load(Ordering::Relaxed);
         if let Some(budget) = self.disk_budget {
             if on_disk + size > budget {
