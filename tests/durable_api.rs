@@ -29,7 +29,10 @@ fn decision_table() {
         "got {o:?}"
     );
     let o = store.reserve(&k, &fp("b")).unwrap();
-    assert!(matches!(o, Outcome::Conflict { in_flight: true }), "got {o:?}");
+    assert!(
+        matches!(o, Outcome::Conflict { in_flight: true }),
+        "got {o:?}"
+    );
     r.complete(&b"response-1"[..]).unwrap();
     let o = store.reserve(&k, &fp("a")).unwrap();
     match o {
@@ -41,13 +44,19 @@ fn decision_table() {
         other => panic!("expected a replay, got {other:?}"),
     }
     let o = store.reserve(&k, &fp("b")).unwrap();
-    assert!(matches!(o, Outcome::Conflict { in_flight: false }), "got {o:?}");
+    assert!(
+        matches!(o, Outcome::Conflict { in_flight: false }),
+        "got {o:?}"
+    );
     let rec = store.lookup(&k).unwrap().expect("completed record");
     assert_eq!(rec.replays(), 1);
     assert_eq!(rec.response().map(|b| &b[..]), Some(&b"response-1"[..]));
     // TTL: expired at exactly completed_at + ttl.
     clock.advance(Duration::from_secs(3600) - Duration::from_millis(1));
-    assert!(matches!(store.reserve(&k, &fp("a")).unwrap(), Outcome::Replay(_)));
+    assert!(matches!(
+        store.reserve(&k, &fp("a")).unwrap(),
+        Outcome::Replay(_)
+    ));
     clock.advance(Duration::from_millis(1));
     assert!(store.lookup(&k).unwrap().is_none());
     let o = store.reserve(&k, &fp("b")).unwrap();
@@ -74,7 +83,10 @@ fn takeover_hands_over_the_checkpoint_and_fences_the_old_holder() {
     };
     assert!(second.is_takeover());
     assert_eq!(second.attempt(), 2);
-    assert_eq!(second.recovered_checkpoint().map(|b| &b[..]), Some(&b"phase-2"[..]));
+    assert_eq!(
+        second.recovered_checkpoint().map(|b| &b[..]),
+        Some(&b"phase-2"[..])
+    );
     assert!(second.fencing_token() > first.fencing_token());
     let err = first.complete(&b"late"[..]).unwrap_err();
     assert!(matches!(err, Error::LeaseLost { .. }), "got {err:?}");
@@ -128,15 +140,27 @@ fn limits_and_per_call_ttl() {
     let store = Store::open(dir.path(), cfg).unwrap();
     let k = key("l");
     let Outcome::Acquired(mut r) = store
-        .reserve_with(&k, &fp("a"), ReserveOptions::default().ttl(Duration::from_secs(5)))
+        .reserve_with(
+            &k,
+            &fp("a"),
+            ReserveOptions::default().ttl(Duration::from_secs(5)),
+        )
         .unwrap()
     else {
         panic!()
     };
     let err = r.checkpoint(&b"12345"[..]).unwrap_err();
-    assert!(matches!(err, Error::CheckpointTooLarge { len: 5, limit: 4 }), "got {err:?}");
-    let err = store.complete_lease(r.lease(), vec![0u8; 17].into()).unwrap_err();
-    assert!(matches!(err, Error::ResponseTooLarge { len: 17, limit: 16 }), "got {err:?}");
+    assert!(
+        matches!(err, Error::CheckpointTooLarge { len: 5, limit: 4 }),
+        "got {err:?}"
+    );
+    let err = store
+        .complete_lease(r.lease(), vec![0u8; 17].into())
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::ResponseTooLarge { len: 17, limit: 16 }),
+        "got {err:?}"
+    );
     r.complete(vec![7u8; 16]).unwrap();
     clock.advance(Duration::from_secs(5));
     assert!(store.lookup(&k).unwrap().is_none());
@@ -147,7 +171,10 @@ fn limits_and_per_call_ttl() {
     let big_dir = tempfile::tempdir().unwrap();
     let big = Store::open(
         big_dir.path(),
-        idemlog::Config::builder().segment_size(4096).maintenance_interval(None).build(),
+        idemlog::Config::builder()
+            .segment_size(4096)
+            .maintenance_interval(None)
+            .build(),
     )
     .unwrap();
     let Outcome::Acquired(r) = big.reserve(&k, &fp("a")).unwrap() else {
@@ -189,7 +216,13 @@ fn disk_budget_is_enforced() {
     }
     let err = err.expect("the budget must run out");
     assert!(
-        matches!(err, Error::DiskBudgetExceeded { budget: 12288, needed: 16384 }),
+        matches!(
+            err,
+            Error::DiskBudgetExceeded {
+                budget: 12288,
+                needed: 16384
+            }
+        ),
         "got {err:?}"
     );
     assert!(store.stats().bytes_on_disk <= 3 * 4096);
@@ -206,7 +239,10 @@ fn tenants_are_isolated() {
         panic!()
     };
     r.complete(&b"a's"[..]).unwrap();
-    assert!(matches!(store.reserve(&b, &fp("y")).unwrap(), Outcome::Acquired(_)));
+    assert!(matches!(
+        store.reserve(&b, &fp("y")).unwrap(),
+        Outcome::Acquired(_)
+    ));
 }
 
 #[test]

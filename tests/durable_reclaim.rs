@@ -33,7 +33,11 @@ fn check(store: &Store, model: &BTreeMap<String, Want>, now: u64) {
         match want {
             Want::Done { response, expires } if now < *expires => {
                 let r = got.unwrap_or_else(|| panic!("{k} lost"));
-                assert_eq!(r.response().map(|b| b.to_vec()), Some(response.clone()), "{k}");
+                assert_eq!(
+                    r.response().map(|b| b.to_vec()),
+                    Some(response.clone()),
+                    "{k}"
+                );
             }
             Want::Busy { expires } if now < *expires => {
                 assert!(got.is_some_and(|r| r.is_in_flight()), "{k} lost");
@@ -59,13 +63,23 @@ fn segments_go_live_records_stay_and_reopens_agree() {
             // Every tenth key lives ten times longer: it is copied forward.
             let ttl = if i == 0 && step % 10 == 0 { 100 } else { 10 };
             let Outcome::Acquired(r) = store
-                .reserve_with(&key(&k), &fp(&k), ReserveOptions::default().ttl(Duration::from_secs(ttl)))
+                .reserve_with(
+                    &key(&k),
+                    &fp(&k),
+                    ReserveOptions::default().ttl(Duration::from_secs(ttl)),
+                )
                 .unwrap()
             else {
                 panic!()
             };
             r.complete(response.clone()).unwrap();
-            model.insert(k, Want::Done { response, expires: now + ttl * 1000 });
+            model.insert(
+                k,
+                Want::Done {
+                    response,
+                    expires: now + ttl * 1000,
+                },
+            );
         }
         // A reservation left in flight (lease 5 s, forgotten 10 s later).
         let k = format!("busy{step}");
@@ -73,7 +87,12 @@ fn segments_go_live_records_stay_and_reopens_agree() {
             panic!()
         };
         let _ = r.into_lease();
-        model.insert(k, Want::Busy { expires: now + 15_000 });
+        model.insert(
+            k,
+            Want::Busy {
+                expires: now + 15_000,
+            },
+        );
         // A released one leaves a tombstone.
         let k = format!("rel{step}");
         let Outcome::Acquired(r) = store.reserve(&key(&k), &fp(&k)).unwrap() else {

@@ -57,7 +57,10 @@ fn reopen_replays_every_completed_record_with_identical_bytes() {
     clock.advance(Duration::from_secs(11));
     let store = Store::open(dir.path(), config(&clock, Durability::Sync)).unwrap();
     for i in 0..300 {
-        match store.reserve(&key(&format!("k{i}")), &fp(&format!("k{i}"))).unwrap() {
+        match store
+            .reserve(&key(&format!("k{i}")), &fp(&format!("k{i}")))
+            .unwrap()
+        {
             Outcome::Replay(r) => assert_eq!(r.response[..], response_of(i)[..], "k{i}"),
             other => panic!("k{i}: got {other:?}"),
         }
@@ -67,7 +70,10 @@ fn reopen_replays_every_completed_record_with_identical_bytes() {
         panic!("in-flight records of the previous process are taken over at once")
     };
     assert!(r.is_takeover());
-    assert_eq!(r.recovered_checkpoint().map(|b| &b[..]), Some(&b"step-3"[..]));
+    assert_eq!(
+        r.recovered_checkpoint().map(|b| &b[..]),
+        Some(&b"step-3"[..])
+    );
     assert!(r.fencing_token() > max_token);
     let fresh = reserve_complete(&store, "new", b"x");
     assert!(fresh > max_token, "{fresh} > {max_token}");
@@ -130,7 +136,11 @@ fn torn_tail_at_every_byte_keeps_exactly_the_complete_records() {
     assert_eq!(segment_files(dir.path()).len(), 1);
     let full = std::fs::read(&seg).unwrap();
     let all = frames(&full);
-    let tail: Vec<Frame> = all.iter().copied().filter(|f| f.offset >= base_end).collect();
+    let tail: Vec<Frame> = all
+        .iter()
+        .copied()
+        .filter(|f| f.offset >= base_end)
+        .collect();
     let end = tail.last().map(|f| f.offset + f.len).unwrap();
     // Expected state of f1 and f2 for each complete prefix of the tail.
     let puts: Vec<Frame> = tail.iter().copied().filter(|f| f.kind == 1).collect();
@@ -221,7 +231,10 @@ fn a_flipped_bit_in_synced_data_is_corruption_and_repair_quarantines() {
     let mut cfg = config(&clock, Durability::Sync);
     cfg.repair = true;
     let store = Store::open(dir.path(), cfg).unwrap();
-    let q = dir.path().join("quarantine").join(victim.file_name().unwrap());
+    let q = dir
+        .path()
+        .join("quarantine")
+        .join(victim.file_name().unwrap());
     assert!(q.exists(), "quarantined file {q:?}");
     assert!(!victim.exists());
     // Records in later segments survive.
@@ -234,7 +247,10 @@ fn a_second_open_of_a_locked_directory_fails() {
     let clock = clock();
     let store = Store::open(dir.path(), config(&clock, Durability::Sync)).unwrap();
     let err = Store::open(dir.path(), config(&clock, Durability::Sync)).unwrap_err();
-    assert!(matches!(&err, Error::Locked { dir: d } if d == dir.path()), "got {err:?}");
+    assert!(
+        matches!(&err, Error::Locked { dir: d } if d == dir.path()),
+        "got {err:?}"
+    );
     drop(store);
     assert!(Store::open(dir.path(), config(&clock, Durability::Sync)).is_ok());
 }
@@ -261,7 +277,10 @@ fn unknown_format_version_foreign_files_and_bad_directories() {
     let foreign = dir.path().join("00000009.seg");
     std::fs::write(&foreign, b"PK\x03\x04 not ours").unwrap();
     let err = Store::open(dir.path(), config(&clock, Durability::Sync)).unwrap_err();
-    assert!(matches!(&err, Error::NotIdemlogFile { file } if file == &foreign), "got {err:?}");
+    assert!(
+        matches!(&err, Error::NotIdemlogFile { file } if file == &foreign),
+        "got {err:?}"
+    );
     std::fs::remove_file(&foreign).unwrap();
     // Unrelated files are left alone.
     std::fs::write(dir.path().join("README"), b"hello").unwrap();
@@ -269,7 +288,10 @@ fn unknown_format_version_foreign_files_and_bad_directories() {
 
     let file = dir.path().join("README");
     let err = Store::open(&file, config(&clock, Durability::Sync)).unwrap_err();
-    assert!(matches!(&err, Error::BadDirectory { path, .. } if path == &file), "got {err:?}");
+    assert!(
+        matches!(&err, Error::BadDirectory { path, .. } if path == &file),
+        "got {err:?}"
+    );
     let nested = dir.path().join("a/b/c");
     assert!(Store::open(&nested, config(&clock, Durability::Sync)).is_ok());
 }
@@ -305,18 +327,24 @@ fn sync_buffered_and_none_durabilities() {
                 max_delay: Duration::from_secs(3600),
             },
         );
-        let store =
-            Store::open_with_fs(dir.path(), cfg, std::sync::Arc::new(SharedFs(fs.clone()))).unwrap();
+        let store = Store::open_with_fs(dir.path(), cfg, std::sync::Arc::new(SharedFs(fs.clone())))
+            .unwrap();
         let before = fs.data_syncs.load(std::sync::atomic::Ordering::SeqCst);
         reserve_complete(&store, "a", b"buffered-response");
-        assert_eq!(fs.data_syncs.load(std::sync::atomic::Ordering::SeqCst), before);
+        assert_eq!(
+            fs.data_syncs.load(std::sync::atomic::Ordering::SeqCst),
+            before
+        );
         let on_disk = std::fs::read(segment_files(dir.path()).pop().unwrap()).unwrap();
         assert!(
             on_disk.windows(17).any(|w| w == b"buffered-response"),
             "the record reached the OS before the call returned"
         );
     }
-    assert!(fs.data_syncs.load(std::sync::atomic::Ordering::SeqCst) > 0, "drop syncs");
+    assert!(
+        fs.data_syncs.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "drop syncs"
+    );
     // None: never synced, even at drop; still readable after a clean close.
     let dir = tempfile::tempdir().unwrap();
     let fs = std::sync::Arc::new(CountingFs::default());
@@ -332,7 +360,10 @@ fn sync_buffered_and_none_durabilities() {
     assert_eq!(fs.data_syncs.load(std::sync::atomic::Ordering::SeqCst), 0);
     assert_eq!(fs.dir_syncs.load(std::sync::atomic::Ordering::SeqCst), 0);
     let store = Store::open(dir.path(), config(&clock, Durability::None)).unwrap();
-    assert!(matches!(store.reserve(&key("a"), &fp("a")).unwrap(), Outcome::Replay(_)));
+    assert!(matches!(
+        store.reserve(&key("a"), &fp("a")).unwrap(),
+        Outcome::Replay(_)
+    ));
 }
 
 #[test]
@@ -350,10 +381,15 @@ fn a_failed_sync_poisons_the_store() {
     let Outcome::Acquired(r) = store.reserve(&key("k"), &fp("k")).unwrap() else {
         panic!()
     };
-    fs.fail_syncs.store(true, std::sync::atomic::Ordering::SeqCst);
+    fs.fail_syncs
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let err = r.complete(&b"never acknowledged"[..]).unwrap_err();
-    assert!(matches!(&err, Error::Poisoned { cause } if cause.contains("injected")), "got {err:?}");
-    fs.fail_syncs.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        matches!(&err, Error::Poisoned { cause } if cause.contains("injected")),
+        "got {err:?}"
+    );
+    fs.fail_syncs
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     let err = store.reserve(&key("other"), &fp("other")).unwrap_err();
     assert!(matches!(err, Error::Poisoned { .. }), "got {err:?}");
     let err = store.lookup(&key("before")).unwrap_err();
@@ -373,7 +409,16 @@ fn many_records_many_segments_model_check_across_reopens() {
     let clock = clock();
     let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for round in 0..4 {
-        let store = Store::open(dir.path(), config(&clock, Durability::Buffered { max_delay: Duration::from_millis(1) })).unwrap();
+        let store = Store::open(
+            dir.path(),
+            config(
+                &clock,
+                Durability::Buffered {
+                    max_delay: Duration::from_millis(1),
+                },
+            ),
+        )
+        .unwrap();
         for (k, v) in &model {
             let Outcome::Replay(r) = store.reserve(&key(k), &fp(k)).unwrap() else {
                 panic!("{k} lost in round {round}")

@@ -447,11 +447,7 @@ impl Log {
             if let Err(e) = old.file.sync_data() {
                 return Err(self.poison(format!("fdatasync of {} failed: {e}", old.path.display())));
             }
-            self.synced(
-                started,
-                std::mem::take(&mut io.unsynced_records),
-                new_start,
-            );
+            self.synced(started, std::mem::take(&mut io.unsynced_records), new_start);
             self.append_mark(new_start);
         }
         Ok(())
@@ -466,11 +462,15 @@ impl Log {
     }
 
     pub(crate) fn segment(&self, id: u32) -> Result<Arc<Segment>> {
-        self.segments.read().get(&id).cloned().ok_or_else(|| Error::Corrupt {
-            file: self.dir.join(super::segment::file_name(id)),
-            offset: 0,
-            reason: "the index points into a segment that is gone".into(),
-        })
+        self.segments
+            .read()
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Error::Corrupt {
+                file: self.dir.join(super::segment::file_name(id)),
+                offset: 0,
+                reason: "the index points into a segment that is gone".into(),
+            })
     }
 
     /// The head segment's id.
@@ -526,9 +526,7 @@ pub(crate) fn spawn_writer(
         .spawn(move || {
             let tick = match log.durability {
                 Durability::Sync => None,
-                Durability::Buffered { max_delay } => {
-                    Some(max_delay.max(Duration::from_millis(1)))
-                }
+                Durability::Buffered { max_delay } => Some(max_delay.max(Duration::from_millis(1))),
                 Durability::None => Some(NONE_WRITE_EVERY),
             };
             loop {

@@ -105,8 +105,8 @@ impl FileHandle for CountingFile {
         self.fs.data_syncs.fetch_add(1, Ordering::SeqCst);
         self.inner.sync_data()
     }
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
     }
     fn allocate(&self, len: u64) -> io::Result<()> {
         self.inner.allocate(len)
