@@ -181,3 +181,8 @@ fn hammer(engine: Engine) {
 fn memory_sixteen_threads_small_key_set() {
     hammer(Engine::Memory);
 }
+
+#[test]
+fn durable_sixteen_threads_small_key_set() {
+    hammer(Engine::Durable);
+}

@@ -39,6 +39,9 @@ macro_rules! engine_tests {
         mod memory {
             $( #[test] fn $name() { super::$name(super::Engine::Memory) } )*
         }
+        mod durable {
+            $( #[test] fn $name() { super::$name(super::Engine::Durable) } )*
+        }
     };
 }
 

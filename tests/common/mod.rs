@@ -3,12 +3,16 @@
 
 use std::time::Duration;
 
-use idemlog::{Config, ConfigBuilder, ManualClock, Store, Timestamp};
+use idemlog::{Config, ConfigBuilder, Durability, ManualClock, Store, Timestamp};
 
 /// The engines every core test runs against.
 #[derive(Debug, Clone, Copy)]
 pub enum Engine {
     Memory,
+    /// The durable log with `Durability::Sync`, in a temporary directory.
+    Durable,
+    /// The durable log with `Durability::None` (no fsync: fast, same decisions).
+    DurableUnsynced,
 }
 
 /// A store under test with the clock that drives it.
@@ -16,6 +20,7 @@ pub struct Harness {
     pub store: Store,
     pub clock: ManualClock,
     pub engine: Engine,
+    pub dir: Option<tempfile::TempDir>,
 }
 
 /// The instant every test starts at (2026-01-01T00:00:00Z).
@@ -41,14 +46,27 @@ impl Harness {
 
     pub fn with(engine: Engine, tweak: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> Self {
         let clock = ManualClock::new(START);
-        let config = tweak(config(&clock)).build();
-        let store = match engine {
-            Engine::Memory => Store::in_memory(config),
+        let builder = config(&clock);
+        let (store, dir) = match engine {
+            Engine::Memory => (Store::in_memory(tweak(builder).build()), None),
+            Engine::Durable | Engine::DurableUnsynced => {
+                let durability = match engine {
+                    Engine::Durable => Durability::Sync,
+                    _ => Durability::None,
+                };
+                let dir = tempfile::tempdir().expect("temp dir");
+                let config = tweak(builder.durability(durability)).build();
+                (
+                    Store::open(dir.path(), config).expect("open durable store"),
+                    Some(dir),
+                )
+            }
         };
         Harness {
             store,
             clock,
             engine,
+            dir,
         }
     }
 
