@@ -918,7 +918,7 @@ pub async fn concurrent_duplicates_have_one_holder<H: Harness>(h: H) {
     for task in tasks {
         task.await.expect("task panicked");
     }
-    let seen = seen.lock().unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
     for i in 0..KEYS {
         assert_eq!(
             completions[i].load(Ordering::SeqCst),
@@ -1020,3 +1020,6 @@ macro_rules! suite {
     };
 }
 pub(crate) use suite;
+
+#[cfg(feature = "redis")]
+pub mod redis_server;
