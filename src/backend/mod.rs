@@ -8,6 +8,8 @@
 
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "sled")]
+pub mod sled;
 
 use std::future::Future;
 use std::time::Duration;

@@ -109,6 +109,7 @@ impl Fingerprint {
     /// The fallback fingerprint attached by [`Self::with_fallback`], for
     /// backends that compare fingerprints away from this type (the Redis
     /// script).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn fallback(&self) -> Option<Fingerprint> {
         self.fallback
             .map(|(algorithm, digest)| Fingerprint::from_parts(algorithm, digest))
