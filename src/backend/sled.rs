@@ -369,9 +369,8 @@ impl Engine for SledEngine {
         self.check_poison()?;
         let mut report = MaintenanceReport::default();
         let mut cursor = self.cursor.lock();
-        let mut seen = 0;
         let mut next = None;
-        for entry in self.tree.range(cursor.clone()..) {
+        for (seen, entry) in self.tree.range(cursor.clone()..).enumerate() {
             let (key, value) = entry.map_err(storage)?;
             if key.first() != Some(&RECORD_PREFIX) {
                 break;
@@ -380,7 +379,6 @@ impl Engine for SledEngine {
                 next = Some(key.to_vec());
                 break;
             }
-            seen += 1;
             if decode_at(&key, &value)?.is_expired(now) {
                 // Only if unchanged: a new request may have replaced it.
                 if self
