@@ -127,6 +127,7 @@ impl Store {
     /// no longer current (nothing of the transaction is written then), and
     /// with `Abort(Error::ResponseTooLarge)` over the limit. With
     /// [`Durability::Sync`] the transaction flushes before it returns.
+    /// Completions made here are not counted in [`Stats::completed`](crate::Stats::completed).
     ///
     /// See `examples/sled_transaction.rs`.
     pub fn complete_in_sled_transaction(
