@@ -862,9 +862,12 @@ pub async fn records_survive_reopen<H: Harness>(h: H) {
 pub async fn concurrent_duplicates_have_one_holder<H: Harness>(h: H) {
     const TASKS: usize = 24;
     const KEYS: usize = 4;
+    // Generations of fresh keys, so the race for a new key is run often.
+    const GENERATIONS: usize = 25;
+    const ALL: usize = KEYS * GENERATIONS;
     let b = Arc::new(h.open(config()).await);
-    let holders: Arc<Vec<AtomicU32>> = Arc::new((0..KEYS).map(|_| AtomicU32::new(0)).collect());
-    let completions: Arc<Vec<AtomicU32>> = Arc::new((0..KEYS).map(|_| AtomicU32::new(0)).collect());
+    let holders: Arc<Vec<AtomicU32>> = Arc::new((0..ALL).map(|_| AtomicU32::new(0)).collect());
+    let completions: Arc<Vec<AtomicU32>> = Arc::new((0..ALL).map(|_| AtomicU32::new(0)).collect());
     let releases = Arc::new(AtomicU64::new(0));
     let seen: Arc<Mutex<HashMap<usize, Vec<Bytes>>>> = Arc::default();
 
@@ -878,8 +881,8 @@ pub async fn concurrent_duplicates_have_one_holder<H: Harness>(h: H) {
             Arc::clone(&seen),
         );
         tasks.push(tokio::spawn(async move {
-            for round in 0..KEYS {
-                let i = (t + round) % KEYS;
+            for round in 0..ALL {
+                let i = round / KEYS * KEYS + (t + round) % KEYS;
                 let (k, f) = (
                     key("tenant-c", &format!("key-{i}")),
                     fp(&format!("body-{i}")),
@@ -924,7 +927,7 @@ pub async fn concurrent_duplicates_have_one_holder<H: Harness>(h: H) {
         task.await.expect("task panicked");
     }
     let seen = std::mem::take(&mut *seen.lock().unwrap());
-    for i in 0..KEYS {
+    for i in 0..ALL {
         assert_eq!(
             completions[i].load(Ordering::SeqCst),
             1,
@@ -945,11 +948,34 @@ pub async fn concurrent_duplicates_have_one_holder<H: Harness>(h: H) {
     }
 }
 
-/// Many tasks race to take over one expired lease: exactly one wins, with
-/// attempt 2; the rest see it in progress; the stale holder is fenced.
+/// Many tasks race for fresh keys and then to take over one expired lease:
+/// exactly one wins each race (the takeover with attempt 2); the rest see
+/// the key in progress; the stale holder is fenced.
 pub async fn concurrent_takeover_has_one_winner<H: Harness>(h: H) {
     const TASKS: usize = 16;
     let b = Arc::new(h.open(config()).await);
+    // Fresh identities race for the first reservation, many times.
+    for round in 0..20 {
+        let k = key("tenant-t", &format!("fresh-{round}"));
+        let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+        let mut tasks = Vec::new();
+        for _ in 0..TASKS {
+            let (b, barrier, k) = (Arc::clone(&b), Arc::clone(&barrier), k.clone());
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                b.reserve(&k, &fp("body"), ReserveOptions::default()).await
+            }));
+        }
+        let mut acquired = 0;
+        for task in tasks {
+            match task.await.expect("task panicked") {
+                Ok(Outcome::Acquired(_)) => acquired += 1,
+                Ok(Outcome::InProgress { attempt: 1, .. }) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(acquired, 1, "round {round}: exactly one first reservation");
+    }
     let (k, f) = (key("tenant-t", "k"), fp("body"));
     let old = acquire(&*b, &k, &f, ReserveOptions::default().lease(short(&h))).await;
     advance_to(&h, &*b, old.lease_until).await;
