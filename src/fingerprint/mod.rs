@@ -106,6 +106,15 @@ impl Fingerprint {
         self
     }
 
+    /// The fallback fingerprint attached by [`Self::with_fallback`], for
+    /// backends that compare fingerprints away from this type (the Redis
+    /// script).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn fallback(&self) -> Option<Fingerprint> {
+        self.fallback
+            .map(|(algorithm, digest)| Fingerprint::from_parts(algorithm, digest))
+    }
+
     /// The fingerprint stored on a record: the primary algorithm only.
     pub(crate) fn primary(&self) -> Fingerprint {
         Fingerprint::from_parts(self.algorithm, self.digest)
