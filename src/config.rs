@@ -31,10 +31,11 @@ impl Default for Limits {
 }
 
 /// When a write counts as done. See SPEC §4.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
     /// An operation returns only once its log record is on stable storage
     /// (fdatasync). Concurrent operations share one sync (group commit).
+    #[default]
     Sync,
     /// Records reach the operating system at once and are synced within
     /// `max_delay`: survives a process crash, may lose the last `max_delay`
@@ -45,12 +46,6 @@ pub enum Durability {
     },
     /// Never synced: for tests and caches.
     None,
-}
-
-impl Default for Durability {
-    fn default() -> Self {
-        Durability::Sync
-    }
 }
 
 /// The store's configuration. Build one with [`Config::builder`] or take

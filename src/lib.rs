@@ -49,22 +49,35 @@
 //! * [`identity`](IdempotencyKey) — `(scope, key)` and its validation;
 //! * [`fingerprint`](Fingerprinter) — blake3 digests of raw or canonical-JSON bodies;
 //! * [`decision`] — the decision table as pure functions shared by all engines;
-//! * [`Store`] — the API over an engine (in memory now; the durable log);
-//! * [`backend`] — the async boundary the HTTP layer and network backends share.
+//! * [`Store`] — the API over an engine: in memory, or the durable log
+//!   ([`Store::open`]), whose file I/O goes through [`fs::FileSystem`];
+//! * [`backend`] — the async boundary the HTTP layer and network backends share;
+//! * `http` (feature `http`, on by default) — the tower/axum middleware;
+//! * `client` (feature `client`, on by default) — stable keys and retries for Rust callers.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod backend;
+#[cfg(feature = "client")]
+pub mod client;
 mod clock;
 mod config;
 pub mod decision;
 mod error;
 mod fingerprint;
+#[cfg(feature = "http")]
+pub mod http;
 mod identity;
+mod log;
 mod record;
 mod response;
 mod store;
+
+/// The README's examples compile and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub use backend::Backend;
 pub use bytes::Bytes;
@@ -75,6 +88,7 @@ pub use fingerprint::{
     canonicalize, canonicalize_into, Fingerprint, FingerprintAlgorithm, Fingerprinter,
 };
 pub use identity::{IdempotencyKey, RoutePlacement};
+pub use log::fs;
 pub use record::{Record, RecordState};
 pub use response::{DecodeResponseError, StoredResponse};
 pub use store::{

@@ -6,6 +6,11 @@
 //! [`crate::decision`]; network backends mirror it in one atomic server-side
 //! step) and passes the same conformance suite in `tests/`.
 
+#[cfg(feature = "redis")]
+pub mod redis;
+#[cfg(feature = "sled")]
+pub mod sled;
+
 use std::future::Future;
 use std::time::Duration;
 

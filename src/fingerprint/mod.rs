@@ -106,6 +106,15 @@ impl Fingerprint {
         self
     }
 
+    /// The fallback fingerprint attached by [`Self::with_fallback`], for
+    /// backends that compare fingerprints away from this type (the Redis
+    /// script).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn fallback(&self) -> Option<Fingerprint> {
+        self.fallback
+            .map(|(algorithm, digest)| Fingerprint::from_parts(algorithm, digest))
+    }
+
     /// The fingerprint stored on a record: the primary algorithm only.
     pub(crate) fn primary(&self) -> Fingerprint {
         Fingerprint::from_parts(self.algorithm, self.digest)
@@ -165,7 +174,7 @@ pub struct Fingerprinter {
 
 #[derive(Clone)]
 enum Body {
-    Raw(blake3::Hasher),
+    Raw(Box<blake3::Hasher>),
     Json(Vec<u8>),
 }
 
@@ -185,7 +194,7 @@ impl Fingerprinter {
     /// A fingerprinter for `algorithm`.
     pub fn new(algorithm: FingerprintAlgorithm) -> Self {
         let body = match algorithm {
-            FingerprintAlgorithm::Blake3Raw => Body::Raw(blake3::Hasher::new()),
+            FingerprintAlgorithm::Blake3Raw => Body::Raw(Box::default()),
             FingerprintAlgorithm::Blake3CanonicalJson => Body::Json(Vec::new()),
         };
         Fingerprinter {
@@ -241,7 +250,7 @@ impl Fingerprinter {
         Ok(Self::combine(self.algorithm, self.parts, body_digest))
     }
 
-    fn finish_raw(self) -> Fingerprint {
+    pub(crate) fn finish_raw(self) -> Fingerprint {
         match self.body {
             Body::Raw(h) => Self::combine(self.algorithm, self.parts, h.finalize()),
             // Only called on a raw fingerprinter.
@@ -254,7 +263,7 @@ impl Fingerprinter {
         mut parts: blake3::Hasher,
         body: blake3::Hash,
     ) -> Fingerprint {
-        parts.update(&[b'B']);
+        parts.update(b"B");
         parts.update(body.as_bytes());
         Fingerprint::from_parts(algorithm, *parts.finalize().as_bytes())
     }

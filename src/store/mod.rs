@@ -9,6 +9,7 @@ pub(crate) mod engine;
 mod maintenance;
 pub(crate) mod memory;
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,8 @@ use crate::decision::{self, Decision};
 use crate::error::{Error, Result};
 use crate::fingerprint::Fingerprint;
 use crate::identity::{IdempotencyKey, IdentityHash};
+use crate::log::fs::{FileSystem, OsFileSystem};
+use crate::log::LogEngine;
 use crate::record::{Record, RecordState};
 use counters::{Counters, Event};
 pub use engine::MaintenanceReport;
@@ -76,10 +79,9 @@ pub(crate) struct Shared {
     config: Config,
     secret: [u8; 32],
     counters: Counters,
-    poison: Mutex<Option<String>>,
-    /// Set once `poison` holds a cause: the hot path reads this flag instead
-    /// of taking a lock that every thread would contend on.
+    /// Set once, never cleared: checked on every write without a lock.
     poisoned: AtomicBool,
+    poison_cause: Mutex<Option<String>>,
 }
 
 /// Per-call settings for [`Store::reserve_with`].
@@ -248,18 +250,78 @@ impl Store {
         Store::with_engine(Box::new(engine), "memory", config)
     }
 
+    /// Opens (creating it if missing) the data directory `dir` as a durable
+    /// store: same API and decisions as [`Store::in_memory`], records kept
+    /// in an append-only log and recovered on the next open.
+    ///
+    /// Fails with [`Error::Locked`] if another store has the directory
+    /// open, [`Error::BadDirectory`] if `dir` is not a usable directory,
+    /// [`Error::UnsupportedFormatVersion`] / [`Error::NotIdemlogFile`] /
+    /// [`Error::Corrupt`] for data files it cannot trust.
+    ///
+    /// ```
+    /// use idemlog::{Config, Fingerprint, Outcome, Store};
+    ///
+    /// let dir = std::env::temp_dir().join(format!("idemlog-doc-{}", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// let key = idemlog::IdempotencyKey::new("tenant-1", "k-1")?;
+    /// let fp = Fingerprint::of_bytes(b"body");
+    /// {
+    ///     let store = Store::open(&dir, Config::default())?;
+    ///     let Outcome::Acquired(r) = store.reserve(&key, &fp)? else { panic!() };
+    ///     r.complete(&b"201 created"[..])?;
+    /// }
+    /// let store = Store::open(&dir, Config::default())?;
+    /// let Outcome::Replay(replay) = store.reserve(&key, &fp)? else { panic!() };
+    /// assert_eq!(&replay.response[..], b"201 created");
+    /// # drop(store);
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), idemlog::Error>(())
+    /// ```
+    pub fn open(dir: impl AsRef<Path>, config: Config) -> Result<Store> {
+        Self::open_with_fs(dir, config, Arc::new(OsFileSystem))
+    }
+
+    /// [`Store::open`] with file I/O going through `fs`, for tests that
+    /// inject faults or simulate power loss.
+    pub fn open_with_fs(
+        dir: impl AsRef<Path>,
+        config: Config,
+        fs: Arc<dyn FileSystem>,
+    ) -> Result<Store> {
+        let secret = fresh_secret();
+        let engine = LogEngine::open(dir.as_ref(), &config, fs, &secret)?;
+        Ok(Store::with_engine_and_secret(
+            Box::new(engine),
+            "log",
+            config,
+            secret,
+        ))
+    }
+
     pub(crate) fn with_engine(
         engine: Box<dyn Engine>,
         engine_name: &'static str,
         config: Config,
     ) -> Store {
+        Self::with_engine_and_secret(engine, engine_name, config, fresh_secret())
+    }
+
+    /// A store over `engine`, whose identity hashes use `secret` (the
+    /// durable engine rebuilt its index with it).
+    pub(crate) fn with_engine_and_secret(
+        engine: Box<dyn Engine>,
+        engine_name: &'static str,
+        config: Config,
+        secret: [u8; 32],
+    ) -> Store {
         let shared = Arc::new(Shared {
             counters: Counters::new(engine.max_token()),
             engine,
             engine_name,
-            secret: fresh_secret(),
-            poison: Mutex::new(None),
+            secret,
             poisoned: AtomicBool::new(false),
+            poison_cause: Mutex::new(None),
             config,
         });
         let maintenance = MaintenanceThread::start(&shared);
@@ -389,16 +451,12 @@ impl Shared {
         if !self.poisoned.load(Ordering::Acquire) {
             return Ok(());
         }
-        match &*self.poison.lock() {
-            Some(cause) => Err(Error::Poisoned {
-                cause: cause.clone(),
-            }),
-            None => Ok(()),
-        }
+        let cause = self.poison_cause.lock().clone().unwrap_or_default();
+        Err(Error::Poisoned { cause })
     }
 
     pub(crate) fn poison(&self, cause: String) {
-        self.poison.lock().get_or_insert(cause);
+        self.poison_cause.lock().get_or_insert(cause);
         self.poisoned.store(true, Ordering::Release);
     }
 
@@ -737,5 +795,31 @@ impl std::fmt::Debug for Shared {
         f.debug_struct("Shared")
             .field("engine", &self.engine_name)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_poisoned_store_refuses_writes_with_the_cause() {
+        let store = Store::in_memory(Config::builder().maintenance_interval(None).build());
+        let key = store.key("t", "k").unwrap();
+        let fp = Fingerprint::of_bytes(b"x");
+        let Outcome::Acquired(r) = store.reserve(&key, &fp).unwrap() else {
+            panic!("fresh key")
+        };
+        store
+            .shared
+            .poison("background maintenance panicked: boom".into());
+        let err = store.reserve(&key, &fp).unwrap_err();
+        assert!(
+            matches!(&err, Error::Poisoned { cause } if cause.contains("boom")),
+            "got {err:?}"
+        );
+        let err = r.complete(Bytes::from_static(b"x")).unwrap_err();
+        assert!(matches!(err, Error::Poisoned { .. }), "got {err:?}");
+        assert!(err.to_string().contains("reopen"), "{err}");
     }
 }

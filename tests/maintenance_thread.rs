@@ -1,0 +1,67 @@
+//! The background maintenance thread: it expires records on its own, and
+//! dropping the last store handle stops and joins it (no leaked threads).
+//! One test in this binary, so no other test's threads are counted.
+
+use std::time::{Duration, Instant};
+
+use idemlog::{Config, Fingerprint, ManualClock, Outcome, Store, Timestamp};
+
+fn maintenance_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .filter(|name| name.trim() == "idemlog-mainten") // comm keeps 15 bytes
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn background_thread_expires_records_and_is_joined_on_drop() {
+    assert_eq!(maintenance_threads(), 0);
+    let clock = ManualClock::new(Timestamp::from_millis(1_000_000));
+    let store = Store::in_memory(
+        Config::builder()
+            .clock(clock.clone())
+            .ttl(Duration::from_secs(10))
+            .maintenance_interval(Some(Duration::from_millis(1)))
+            .build(),
+    );
+    let clone = store.clone();
+    // The thread names itself once it runs: wait for that, bounded.
+    wait_until("the maintenance thread starts", || {
+        maintenance_threads() == 1
+    });
+    for i in 0..100 {
+        let key = store.key("t", format!("k{i}")).unwrap();
+        let Outcome::Acquired(r) = store.reserve(&key, &Fingerprint::of_bytes(b"x")).unwrap()
+        else {
+            panic!("fresh key")
+        };
+        r.complete(&b"ok"[..]).unwrap();
+    }
+    assert_eq!(store.stats().live_records, 100);
+    clock.advance(Duration::from_secs(10));
+    // Wait for the thread to notice (an event, not a duration): bounded.
+    wait_until("the maintenance thread expires the records", || {
+        store.stats().live_records == 0
+    });
+    assert_eq!(store.stats().expired, 100);
+    drop(store);
+    assert_eq!(maintenance_threads(), 1, "a clone still holds the store");
+    drop(clone);
+    assert_eq!(
+        maintenance_threads(),
+        0,
+        "the thread is joined when the last handle goes"
+    );
+}
