@@ -1,7 +1,7 @@
 //! A small contacts API behind the idempotency layer.
 //!
 //! ```text
-//! cargo run --example axum_server -- [--addr 127.0.0.1:3000] [--data-dir DIR]
+//! cargo run --example axum_server -- [--addr 127.0.0.1:3000] [--data-dir DIR (default ./idemlog-data)]
 //! ```
 //!
 //! The tenant is the bearer token (`Authorization: Bearer <tenant>`): records
@@ -23,7 +23,7 @@ use axum::response::IntoResponse;
 use axum::routing::{patch, post};
 use axum::{Json, Router};
 use idemlog::http::{IdempotencyLayer, Problem, ScopeRejection};
-use idemlog::{Config, Store};
+use idemlog::{Config, Durability, Store};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
@@ -191,18 +191,18 @@ fn args() -> Result<Args, String> {
     Ok(Args { addr, data_dir })
 }
 
-/// The idempotency store: the one line to change for the durable store.
-fn open_store(data_dir: Option<&std::path::Path>) -> Store {
-    // `Store::open(dir, config)` (the durable log) is not on this branch yet:
-    // until it is, `--data-dir` is accepted and ignored, and records live in
-    // memory. With it: `Store::open(dir, Config::default())?`.
-    if let Some(dir) = data_dir {
-        eprintln!(
-            "note: --data-dir {} is ignored in this build; records are kept in memory",
-            dir.display()
-        );
-    }
-    Store::in_memory(Config::default())
+/// The idempotency store: the durable log in `--data-dir` (default
+/// `./idemlog-data`), with buffered durability so a request does not wait for
+/// an fsync; `Store::in_memory(Config::default())` is the one-line swap for a
+/// cache-only server.
+fn open_store(data_dir: Option<&std::path::Path>) -> idemlog::Result<Store> {
+    let dir = data_dir.unwrap_or(std::path::Path::new("idemlog-data"));
+    let config = Config::builder()
+        .durability(Durability::Buffered {
+            max_delay: std::time::Duration::from_millis(10),
+        })
+        .build();
+    Store::open(dir, config)
 }
 
 /// The app: contacts routes behind the idempotency layer.
@@ -224,7 +224,13 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let store = open_store(args.data_dir.as_deref());
+    let store = match open_store(args.data_dir.as_deref()) {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("error: cannot open the idempotency store: {e}");
+            std::process::exit(1);
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(args.addr).await {
         Ok(l) => l,
         Err(e) => {

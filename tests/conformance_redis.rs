@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use conformance::redis_server::RedisServer;
-use conformance::{acquire, fp, key, record, Harness, LONG};
+use conformance::{acquire, fp, key, Harness, LONG};
 use idemlog::backend::redis::{RedisBackend, RedisOptions};
 use idemlog::{
     Backend, Bytes, Config, Error, IdempotencyKey, ManualClock, Outcome, ReserveOptions, Timestamp,

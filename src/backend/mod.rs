@@ -64,9 +64,12 @@ pub trait Backend: Send + Sync + 'static {
     fn limits(&self) -> &Limits;
 }
 
-/// The embedded store answers from its own thread: in memory and with
-/// buffered durability the call does not block; with `Durability::Sync` it
-/// waits for a group commit (one fdatasync), as a blocking file write would.
+/// The embedded store as a backend. In memory, and with buffered or no
+/// durability, each call runs on the caller's task (it never waits for I/O
+/// longer than a page-cache write). With `Durability::Sync` on a durable
+/// engine a call waits for a group commit's fdatasync; with the `http`
+/// feature (which brings tokio) that wait runs on tokio's blocking pool, so
+/// async executor threads keep serving other requests meanwhile.
 impl Backend for Store {
     async fn reserve(
         &self,
@@ -74,32 +77,80 @@ impl Backend for Store {
         fingerprint: &Fingerprint,
         options: ReserveOptions,
     ) -> Result<Outcome<Lease>> {
-        Ok(self
-            .reserve_with(key, fingerprint, options)?
-            .map(|r| r.into_lease()))
+        let (key, fingerprint) = (key.clone(), *fingerprint);
+        self.off_executor(move |store| {
+            Ok(store
+                .reserve_with(&key, &fingerprint, options)?
+                .map(|r| r.into_lease()))
+        })
+        .await
     }
 
     async fn complete(&self, lease: &Lease, response: Bytes) -> Result<()> {
-        self.complete_lease(lease, response)
+        let lease = lease.clone();
+        self.off_executor(move |store| store.complete_lease(&lease, response))
+            .await
     }
 
     async fn release(&self, lease: &Lease) -> Result<()> {
-        self.release_lease(lease)
+        let lease = lease.clone();
+        self.off_executor(move |store| store.release_lease(&lease))
+            .await
     }
 
     async fn extend(&self, lease: &mut Lease, lease_for: Duration) -> Result<()> {
-        self.extend_lease(lease, lease_for)
+        let mut moved = lease.clone();
+        let moved = self
+            .off_executor(move |store| {
+                store.extend_lease(&mut moved, lease_for)?;
+                Ok(moved)
+            })
+            .await?;
+        *lease = moved;
+        Ok(())
     }
 
     async fn checkpoint(&self, lease: &Lease, checkpoint: Bytes) -> Result<()> {
-        self.checkpoint_lease(lease, checkpoint)
+        let lease = lease.clone();
+        self.off_executor(move |store| store.checkpoint_lease(&lease, checkpoint))
+            .await
     }
 
     async fn lookup(&self, key: &IdempotencyKey) -> Result<Option<Record>> {
-        Store::lookup(self, key)
+        let key = key.clone();
+        self.off_executor(move |store| Store::lookup(&store, &key))
+            .await
     }
 
     fn limits(&self) -> &Limits {
         &self.config().limits
+    }
+}
+
+impl Store {
+    /// Runs `op` on this store, moving it off the async executor when it may
+    /// block on an fsync (see the `Backend` impl above).
+    async fn off_executor<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        #[cfg(feature = "http")]
+        if self.waits_for_sync() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let store = self.clone();
+                return match runtime.spawn_blocking(move || op(store)).await {
+                    Ok(result) => result,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(_) => Err(crate::Error::Backend {
+                        backend: "embedded",
+                        message: "the tokio runtime shut down before the store answered; \
+                                  the operation may or may not have been applied, so retry it"
+                            .into(),
+                        source: None,
+                    }),
+                };
+            }
+        }
+        op(self.clone())
     }
 }

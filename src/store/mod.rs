@@ -389,6 +389,14 @@ impl Store {
         &self.shared.config
     }
 
+    /// Whether operations wait for an fsync: `Durability::Sync` on an engine
+    /// that writes to disk.
+    #[cfg(feature = "http")]
+    pub(crate) fn waits_for_sync(&self) -> bool {
+        self.shared.engine_name != "memory"
+            && self.shared.config.durability == crate::config::Durability::Sync
+    }
+
     /// The store's current time, from its clock.
     pub fn now(&self) -> Timestamp {
         self.shared.config.clock.now()

@@ -899,7 +899,7 @@ pub async fn concurrent_duplicates_have_one_holder<H: Harness>(h: H) {
                             holders[i].fetch_sub(1, Ordering::SeqCst);
                             // Every third acquisition fails uncached and
                             // releases, so the key is acquired again.
-                            if (t + polls as usize) % 3 == 0 {
+                            if (t + polls as usize).is_multiple_of(3) {
                                 b.release(&lease).await.expect("release of a held lease");
                                 releases.fetch_add(1, Ordering::Relaxed);
                                 continue;

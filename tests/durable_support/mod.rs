@@ -83,6 +83,42 @@ pub struct CountingFs {
     pub data_syncs: AtomicU64,
     pub dir_syncs: AtomicU64,
     pub fail_syncs: AtomicBool,
+    /// While closed, data syncs wait (up to 10 s) for `open_gate`.
+    pub gate: SyncGate,
+}
+
+/// Holds fdatasync calls back until the test lets them through.
+#[derive(Debug, Default)]
+pub struct SyncGate {
+    closed: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    /// Syncs that found the gate closed.
+    pub held: AtomicU64,
+    /// Syncs that gave up waiting: the test never opened the gate.
+    pub timed_out: AtomicBool,
+}
+
+impl SyncGate {
+    pub fn close(&self) {
+        *self.closed.lock().unwrap() = true;
+    }
+    pub fn open(&self) {
+        *self.closed.lock().unwrap() = false;
+        self.opened.notify_all();
+    }
+    fn pass(&self) {
+        let closed = self.closed.lock().unwrap();
+        if *closed {
+            self.held.fetch_add(1, Ordering::SeqCst);
+        }
+        let (_guard, timeout) = self
+            .opened
+            .wait_timeout_while(closed, std::time::Duration::from_secs(10), |c| *c)
+            .unwrap();
+        if timeout.timed_out() {
+            self.timed_out.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -102,6 +138,7 @@ impl FileHandle for CountingFile {
         if self.fs.fail_syncs.load(Ordering::SeqCst) {
             return Err(io::Error::other("injected fdatasync failure"));
         }
+        self.fs.gate.pass();
         self.fs.data_syncs.fetch_add(1, Ordering::SeqCst);
         self.inner.sync_data()
     }
