@@ -1022,16 +1022,12 @@ fn main() {
     let memory = IdemlogSystem::in_memory();
     let durable = durable_rows();
     let durable_sync = IdemlogSystem::durable("idemlog durable Sync", Durability::Sync);
-    let mut planned = Vec::new();
-    planned.push(idemlog_pairs_row("mem-1", &memory, 1, &opts));
-    planned.push(idemlog_pairs_row("mem-2", &memory, 2, &opts));
-    planned.push(idemlog_replay_row("replay-2", &memory, 2, &opts));
-    planned.push(idemlog_replay_row(
-        "replay-durable-2",
-        &durable_sync,
-        2,
-        &opts,
-    ));
+    let mut planned = vec![
+        idemlog_pairs_row("mem-1", &memory, 1, &opts),
+        idemlog_pairs_row("mem-2", &memory, 2, &opts),
+        idemlog_replay_row("replay-2", &memory, 2, &opts),
+        idemlog_replay_row("replay-durable-2", &durable_sync, 2, &opts),
+    ];
 
     for (id, system, threads) in &durable {
         planned.push(idemlog_pairs_row(id, system, *threads, &opts));

@@ -2,8 +2,7 @@
 //! reserve+complete, and fingerprints of raw and canonical-JSON bodies.
 //!
 //! `cargo bench --bench ops` (add a filter, e.g. `-- fingerprint`, to run a
-//! subset). Stores are built by [`STORES`], so the durable store adds one
-//! entry there.
+//! subset). Every store in [`STORES`] runs the store benchmarks.
 
 // criterion_group! generates an undocumented pub fn.
 #![allow(missing_docs)]
@@ -13,18 +12,39 @@ mod common;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use idemlog::{Config, Fingerprint, IdempotencyKey, Lease, Outcome, Store};
+use idemlog::{Config, Durability, Fingerprint, IdempotencyKey, Lease, Outcome, Store};
 
 use common::{key_str, KeyGen, SCOPE};
 
-/// A store to measure: its name in the report and how to build a fresh one
-/// (the scratch directory is ignored by the in-memory store and keeps a
-/// durable store's files until the benchmark ends).
+/// A store to measure: its name in the report and how to build one in an
+/// empty directory (ignored by the in-memory store). Maintenance is off so
+/// it never lands inside a sample.
 type MakeStore = fn(&std::path::Path) -> Store;
 
-const STORES: &[(&str, MakeStore)] = &[("in-memory", |_| {
-    Store::in_memory(Config::builder().maintenance_interval(None).build())
-})];
+fn config(durability: Durability) -> Config {
+    Config::builder()
+        .durability(durability)
+        .maintenance_interval(None)
+        .build()
+}
+
+const STORES: &[(&str, MakeStore)] = &[
+    ("in-memory", |_| Store::in_memory(config(Durability::None))),
+    ("durable-none", |dir| {
+        Store::open(dir, config(Durability::None)).expect("open the durable store")
+    }),
+    ("durable-sync", |dir| {
+        Store::open(dir, config(Durability::Sync)).expect("open the durable store")
+    }),
+];
+
+/// A fresh store in a fresh scratch directory (kept until the store is
+/// dropped).
+fn fresh(make: MakeStore) -> (tempfile::TempDir, Store) {
+    let dir = common::scratch_dir("ops-").expect("scratch directory under target/");
+    let store = make(dir.path());
+    (dir, store)
+}
 
 /// Records loaded before the hit/conflict/in-progress benchmarks.
 const LOADED: usize = 100_000;
@@ -59,7 +79,6 @@ fn configure(c: &mut Criterion) -> criterion::BenchmarkGroup<'_, criterion::meas
 fn store_ops(c: &mut Criterion) {
     let response = common::response();
     for &(name, make) in STORES {
-        let dir = common::scratch_dir("ops-").expect("scratch directory under target/");
         let mut g = configure(c);
 
         // reserve on a fresh key: the hash-table insert of an in-flight
@@ -67,7 +86,7 @@ fn store_ops(c: &mut Criterion) {
         // release on drop is not measured.
         g.bench_function(BenchmarkId::new("reserve_miss", name), |b| {
             b.iter_custom(|iters| {
-                let store = make(dir.path());
+                let (_dir, store) = fresh(make);
                 let ks = keys(&store, iters, iters as usize);
                 let fp = fingerprint();
                 let mut held = Vec::with_capacity(ks.len());
@@ -87,7 +106,7 @@ fn store_ops(c: &mut Criterion) {
 
         g.bench_function(BenchmarkId::new("reserve_complete", name), |b| {
             b.iter_custom(|iters| {
-                let store = make(dir.path());
+                let (_dir, store) = fresh(make);
                 let ks = keys(&store, iters + 1, iters as usize);
                 let fp = fingerprint();
                 let start = Instant::now();
@@ -101,8 +120,19 @@ fn store_ops(c: &mut Criterion) {
             })
         });
 
-        // One loaded store for the three answers that find a record.
-        let store = make(dir.path());
+        // One loaded store for the three answers that find a record. A
+        // durable store is loaded without syncs and reopened with its own
+        // durability; the held reservations are made by the measured store
+        // (fewer for Sync, where each one waits for an fsync).
+        let dir = common::scratch_dir("ops-").expect("scratch directory under target/");
+        let loader = if name.starts_with("durable") {
+            |dir: &std::path::Path| {
+                Store::open(dir, config(Durability::None)).expect("open the durable store")
+            }
+        } else {
+            make
+        };
+        let mut store = loader(dir.path());
         let completed = keys(&store, 1, LOADED);
         let fp = fingerprint();
         for k in &completed {
@@ -111,7 +141,16 @@ fn store_ops(c: &mut Criterion) {
             };
             r.complete(response.clone()).expect("complete");
         }
-        let running = keys(&store, 2, LOADED);
+        if name.starts_with("durable") {
+            drop(store);
+            store = make(dir.path());
+        }
+        let held = if name.ends_with("sync") {
+            1_000
+        } else {
+            LOADED
+        };
+        let running = keys(&store, 2, held);
         let _leases: Vec<Lease> = running
             .iter()
             .map(|k| match store.reserve(k, &fp).expect("reserve") {
@@ -143,7 +182,7 @@ fn store_ops(c: &mut Criterion) {
 
         g.bench_function(BenchmarkId::new("in_progress", name), |b| {
             b.iter(|| {
-                i = (i + 1) % LOADED;
+                i = (i + 1) % running.len();
                 let out = store.reserve(&running[i], &fp).expect("reserve");
                 assert!(matches!(out, Outcome::InProgress { .. }), "got {out:?}");
             })
