@@ -49,6 +49,8 @@ fn subjects() -> Vec<Subject> {
 struct Options {
     records: usize,
     response_bytes: usize,
+    /// Set in the child process that measures one subject.
+    subject: Option<usize>,
 }
 
 fn options() -> Options {
@@ -65,6 +67,7 @@ fn options() -> Options {
     Options {
         records: flag("--records").or(env_records).unwrap_or(1_000_000),
         response_bytes: flag("--response-bytes").unwrap_or(common::RESPONSE_LEN),
+        subject: flag("--subject"),
     }
 }
 
@@ -144,9 +147,57 @@ fn measure(subject: &Subject, opts: &Options) -> Result<Footprint, String> {
     })
 }
 
+/// Measures one subject in this process and prints its row. Each subject
+/// runs in a process of its own, so memory freed by one cannot hide the
+/// growth of the next.
+fn measure_one(i: usize, opts: &Options, jsonl_path: &Path) {
+    let Some(subject) = subjects().into_iter().nth(i) else {
+        eprintln!("no subject {i}");
+        std::process::exit(2);
+    };
+    match measure(&subject, opts) {
+        Ok(f) => {
+            println!(
+                "{:<24} {:>10.2} {:>14} {:>15.0} {:>12} {:>16.1}",
+                subject.name,
+                f.load_secs,
+                f.ram_bytes_per_record
+                    .map_or("-".into(), |r| format!("{r:.0}")),
+                f.disk_bytes_per_record,
+                f.reopen_secs.map_or("n/a".into(), |s| format!("{s:.3}")),
+                f.maintenance_secs * 1e3,
+            );
+            let line = serde_json::json!({
+                "system": subject.name,
+                "records": opts.records,
+                "response_bytes": opts.response_bytes,
+                "load_s": f.load_secs,
+                "ram_bytes_per_record": f.ram_bytes_per_record.map(f64::round),
+                "disk_bytes_per_record": f.disk_bytes_per_record.round(),
+                "reopen_s": f.reopen_secs,
+                "maintenance_pass_s": f.maintenance_secs,
+            });
+            let appended = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(jsonl_path)
+                .and_then(|mut out| writeln!(out, "{line}"));
+            if let Err(e) = appended {
+                eprintln!("could not write {}: {e}", jsonl_path.display());
+            }
+        }
+        Err(e) => println!("{:<24} failed: {e}", subject.name),
+    }
+}
+
 fn main() {
     let opts = options();
     let root = common::bench_root().expect("target/idemlog-bench can be created");
+    let jsonl_path = root.join("footprint.jsonl");
+    if let Some(i) = opts.subject {
+        measure_one(i, &opts, &jsonl_path);
+        return;
+    }
     println!(
         "footprint: {} completed records, {} B responses, 32 B keys; machine: {}; files on {}",
         common::thousands(opts.records as f64),
@@ -158,41 +209,24 @@ fn main() {
         "{:<24} {:>10} {:>14} {:>15} {:>12} {:>16}",
         "store", "load s", "RAM B/record", "disk B/record", "reopen s", "maintenance ms"
     );
-    let mut jsonl = std::fs::File::create(root.join("footprint.jsonl")).ok();
-    for subject in subjects() {
-        match measure(&subject, &opts) {
-            Ok(f) => {
-                println!(
-                    "{:<24} {:>10.2} {:>14} {:>15.0} {:>12} {:>16.1}",
-                    subject.name,
-                    f.load_secs,
-                    f.ram_bytes_per_record
-                        .map_or("-".into(), |r| format!("{r:.0}")),
-                    f.disk_bytes_per_record,
-                    f.reopen_secs.map_or("n/a".into(), |s| format!("{s:.3}")),
-                    f.maintenance_secs * 1e3,
-                );
-                if let Some(out) = jsonl.as_mut() {
-                    let line = serde_json::json!({
-                        "system": subject.name,
-                        "records": opts.records,
-                        "response_bytes": opts.response_bytes,
-                        "load_s": f.load_secs,
-                        "ram_bytes_per_record": f.ram_bytes_per_record.map(f64::round),
-                        "disk_bytes_per_record": f.disk_bytes_per_record.round(),
-                        "reopen_s": f.reopen_secs,
-                        "maintenance_pass_s": f.maintenance_secs,
-                    });
-                    let _ = writeln!(out, "{line}");
-                }
-            }
-            Err(e) => println!("{:<24} failed: {e}", subject.name),
+    let _ = std::fs::File::create(&jsonl_path);
+    let exe = std::env::current_exe().expect("the bench knows its own path");
+    for i in 0..subjects().len() {
+        let status = std::process::Command::new(&exe)
+            .args(["--records", &opts.records.to_string()])
+            .args(["--response-bytes", &opts.response_bytes.to_string()])
+            .args(["--subject", &i.to_string()])
+            .status();
+        if !status.as_ref().is_ok_and(|s| s.success()) {
+            println!("subject {i}: child process failed ({status:?})");
         }
     }
     println!(
-        "RAM B/record = growth of this process's resident set (VmRSS) over the load / records; \
+        "RAM B/record = growth of the measuring process's resident set (VmRSS) over the load / records; \
          the in-memory store keeps each response in RAM, so it includes the {} B response. \
-         maintenance ms = one expiry pass with nothing expired (the background thread runs one per interval, default 1 s).",
-        opts.response_bytes
+         maintenance ms = one expiry pass with nothing expired (the background thread runs one per interval, default 1 s). \
+         Framed log bytes per pair for these records: reserve 144 B + complete {} B.",
+        opts.response_bytes,
+        144 + opts.response_bytes
     );
 }
