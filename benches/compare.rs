@@ -674,7 +674,10 @@ impl RedisServer {
             .arg("--logfile")
             .arg(dir.path().join("redis.log"));
         if appendfsync_always {
-            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+            // No AOF rewrite during a run: it forks in the background and
+            // would make the disk-growth figure meaningless.
+            cmd.args(["--appendonly", "yes", "--appendfsync", "always"])
+                .args(["--auto-aof-rewrite-percentage", "0"]);
         } else {
             cmd.args(["--appendonly", "no"]);
         }
@@ -1092,6 +1095,7 @@ fn main() {
         DISK_FILE_BYTES >> 20
     );
     println!("  * sled's flush() uses sync_file_range (plus fsync of its own metadata only when needed), which is weaker than fdatasync: it does not flush the disk's write cache or file metadata.");
+    println!("  * idemlog durable rows: disk B/op includes the preallocated 64 MiB segment, so rows with few operations (Sync 1) show large figures; footprint.rs measures bytes per record.");
     println!("  * Redis: {REDIS_CONNECTIONS} client threads, one connection each, one request at a time per connection (no pipelining); SET key v NX PX {LEASE_TTL_MS} then SET key v XX. Client and server share the machine's cores.");
     println!("  * CPU µs/op = CPU time (user + system) of the bench threads per operation: what an operation costs whatever else the machine runs (Redis rows: the client side only).");
     println!("  * RAM B/op = growth of the resident set of the process holding the data (Redis: the server) per request; allocator reuse makes it approximate — benches/footprint.rs measures it carefully.");

@@ -5,7 +5,8 @@
 //! `cargo bench --bench footprint` loads 1 M records;
 //! `cargo bench --bench footprint -- --records 10000000` (or
 //! `IDEMLOG_FOOTPRINT_RECORDS=10000000`) loads 10 M. `--response-bytes N`
-//! changes the stored response (default 300 B). Results are also written to
+//! changes the stored response (default 300 B); `--store durable` measures
+//! only the stores whose name contains `durable`. Results are also written to
 //! `target/idemlog-bench/footprint.jsonl`.
 
 mod common;
@@ -51,6 +52,8 @@ struct Options {
     response_bytes: usize,
     /// Set in the child process that measures one subject.
     subject: Option<usize>,
+    /// `--store TEXT`: only stores whose name contains TEXT.
+    only: Option<String>,
 }
 
 fn options() -> Options {
@@ -68,6 +71,11 @@ fn options() -> Options {
         records: flag("--records").or(env_records).unwrap_or(1_000_000),
         response_bytes: flag("--response-bytes").unwrap_or(common::RESPONSE_LEN),
         subject: flag("--subject"),
+        only: args
+            .iter()
+            .position(|a| a == "--store")
+            .and_then(|i| args.get(i + 1))
+            .cloned(),
     }
 }
 
@@ -211,7 +219,14 @@ fn main() {
     );
     let _ = std::fs::File::create(&jsonl_path);
     let exe = std::env::current_exe().expect("the bench knows its own path");
-    for i in 0..subjects().len() {
+    for (i, subject) in subjects().iter().enumerate() {
+        if opts
+            .only
+            .as_ref()
+            .is_some_and(|only| !subject.name.contains(only.as_str()))
+        {
+            continue;
+        }
         let status = std::process::Command::new(&exe)
             .args(["--records", &opts.records.to_string()])
             .args(["--response-bytes", &opts.response_bytes.to_string()])
