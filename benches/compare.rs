@@ -514,6 +514,26 @@ fn idemlog_replay_row<'a>(
     })
 }
 
+/// The bench's own cost per request (key generation, three clock reads,
+/// two histogram records) with a request that only touches its key: what
+/// every other row pays on top of the system it measures.
+fn harness_row(opts: &Options) -> Planned<'_> {
+    plan(
+        "harness",
+        "empty request",
+        "bench harness only",
+        2,
+        move || {
+            drive(2, opts, &Keys::Fresh { seed: 3 }, 1, |_| {
+                Ok(Box::new(|k: &[u8; KEY_LEN]| {
+                    std::hint::black_box(k);
+                    Ok(Some(Instant::now()))
+                }) as Request<'static>)
+            })
+        },
+    )
+}
+
 // ---------------------------------------------------------------------------
 // The disk's own limit
 
@@ -1030,6 +1050,7 @@ fn main() {
         idemlog_pairs_row("mem-2", &memory, 2, &opts),
         idemlog_replay_row("replay-2", &memory, 2, &opts),
         idemlog_replay_row("replay-durable-2", &durable_sync, 2, &opts),
+        harness_row(&opts),
     ];
 
     for (id, system, threads) in &durable {
