@@ -2,6 +2,7 @@
 //! chosen by the application and the client's idempotency key.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::config::Limits;
 use crate::error::{Error, Result};
@@ -26,7 +27,12 @@ use crate::error::{Error, Result};
 /// # Ok::<(), idemlog::Error>(())
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct IdempotencyKey {
+pub struct IdempotencyKey(Arc<Parts>);
+
+/// Shared so that the copies a request makes (lease, record, log entry)
+/// cost a reference count, not two allocations each.
+#[derive(PartialEq, Eq, Hash)]
+struct Parts {
     scope: Box<[u8]>,
     key: Box<str>,
 }
@@ -45,10 +51,7 @@ impl IdempotencyKey {
     ) -> Result<Self> {
         let (scope, key) = (scope.as_ref(), key.as_ref());
         validate(scope, key, limits)?;
-        Ok(IdempotencyKey {
-            scope: scope.into(),
-            key: key.into(),
-        })
+        Ok(Self::from_stored(scope.into(), key.into()))
     }
 
     /// Builds the identity of a request to `method path`, placing the route
@@ -82,33 +85,32 @@ impl IdempotencyKey {
 
     /// The application's scope bytes.
     pub fn scope(&self) -> &[u8] {
-        &self.scope
+        &self.0.scope
     }
 
     /// The client's key.
     pub fn key(&self) -> &str {
-        &self.key
+        &self.0.key
     }
 
     /// Checks this identity against a store's limits, which may be stricter or
     /// looser than the ones it was built with.
     pub(crate) fn check(&self, limits: &Limits) -> Result<()> {
-        validate(&self.scope, &self.key, limits)
+        validate(&self.0.scope, &self.0.key, limits)
     }
 
     /// Builds a key from stored parts without re-validating (the store
     /// validated them when they were written).
-    #[allow(dead_code)] // storage engines decode keys with it
     pub(crate) fn from_stored(scope: Box<[u8]>, key: Box<str>) -> Self {
-        IdempotencyKey { scope, key }
+        IdempotencyKey(Arc::new(Parts { scope, key }))
     }
 }
 
 impl fmt::Debug for IdempotencyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdempotencyKey")
-            .field("scope", &String::from_utf8_lossy(&self.scope))
-            .field("key", &self.key)
+            .field("scope", &String::from_utf8_lossy(&self.0.scope))
+            .field("key", &self.0.key)
             .finish()
     }
 }
@@ -167,7 +169,7 @@ impl IdentityHash {
     /// Keyed blake3 over the length-prefixed identity, so that clients who
     /// choose keys cannot aim them all at one shard without the store's secret.
     pub(crate) fn new(secret: &[u8; 32], id: &IdempotencyKey) -> Self {
-        Self::of_parts(secret, &id.scope, id.key.as_bytes())
+        Self::of_parts(secret, id.scope(), id.key().as_bytes())
     }
 
     /// The hash of an identity given as its stored parts (recovery reads
