@@ -166,10 +166,16 @@ impl IdentityHash {
     /// Keyed blake3 over the length-prefixed identity, so that clients who
     /// choose keys cannot aim them all at one shard without the store's secret.
     pub(crate) fn new(secret: &[u8; 32], id: &IdempotencyKey) -> Self {
+        Self::of_parts(secret, &id.scope, id.key.as_bytes())
+    }
+
+    /// The hash of an identity given as its stored parts (recovery reads
+    /// them from disk without building a key).
+    pub(crate) fn of_parts(secret: &[u8; 32], scope: &[u8], key: &[u8]) -> Self {
         let mut h = blake3::Hasher::new_keyed(secret);
-        h.update(&(id.scope.len() as u64).to_le_bytes());
-        h.update(&id.scope);
-        h.update(id.key.as_bytes());
+        h.update(&(scope.len() as u64).to_le_bytes());
+        h.update(scope);
+        h.update(key);
         let out = h.finalize();
         let b = out.as_bytes();
         IdentityHash {

@@ -49,7 +49,8 @@
 //! * [`identity`](IdempotencyKey) — `(scope, key)` and its validation;
 //! * [`fingerprint`](Fingerprinter) — blake3 digests of raw or canonical-JSON bodies;
 //! * [`decision`] — the decision table as pure functions shared by all engines;
-//! * [`Store`] — the API over an engine (in memory now; the durable log);
+//! * [`Store`] — the API over an engine: in memory, or the durable log
+//!   ([`Store::open`]), whose file I/O goes through [`fs::FileSystem`];
 //! * [`backend`] — the async boundary the HTTP layer and network backends share.
 
 #![deny(unsafe_code)]
@@ -62,11 +63,13 @@ pub mod decision;
 mod error;
 mod fingerprint;
 mod identity;
+mod log;
 mod record;
 mod response;
 mod store;
 
 pub use backend::Backend;
+pub use log::fs;
 pub use bytes::Bytes;
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use config::{Config, ConfigBuilder, Durability, Limits};

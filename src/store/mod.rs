@@ -9,6 +9,7 @@ pub(crate) mod engine;
 mod maintenance;
 pub(crate) mod memory;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,8 @@ use crate::decision::{self, Decision};
 use crate::error::{Error, Result};
 use crate::fingerprint::Fingerprint;
 use crate::identity::{IdempotencyKey, IdentityHash};
+use crate::log::fs::{FileSystem, OsFileSystem};
+use crate::log::LogEngine;
 use crate::record::{Record, RecordState};
 use counters::{Counters, Event};
 pub use engine::MaintenanceReport;
@@ -244,16 +247,76 @@ impl Store {
         Store::with_engine(Box::new(engine), "memory", config)
     }
 
+    /// Opens (creating it if missing) the data directory `dir` as a durable
+    /// store: same API and decisions as [`Store::in_memory`], records kept
+    /// in an append-only log and recovered on the next open.
+    ///
+    /// Fails with [`Error::Locked`] if another store has the directory
+    /// open, [`Error::BadDirectory`] if `dir` is not a usable directory,
+    /// [`Error::UnsupportedFormatVersion`] / [`Error::NotIdemlogFile`] /
+    /// [`Error::Corrupt`] for data files it cannot trust.
+    ///
+    /// ```
+    /// use idemlog::{Config, Fingerprint, Outcome, Store};
+    ///
+    /// let dir = std::env::temp_dir().join(format!("idemlog-doc-{}", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// let key = idemlog::IdempotencyKey::new("tenant-1", "k-1")?;
+    /// let fp = Fingerprint::of_bytes(b"body");
+    /// {
+    ///     let store = Store::open(&dir, Config::default())?;
+    ///     let Outcome::Acquired(r) = store.reserve(&key, &fp)? else { panic!() };
+    ///     r.complete(&b"201 created"[..])?;
+    /// }
+    /// let store = Store::open(&dir, Config::default())?;
+    /// let Outcome::Replay(replay) = store.reserve(&key, &fp)? else { panic!() };
+    /// assert_eq!(&replay.response[..], b"201 created");
+    /// # drop(store);
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), idemlog::Error>(())
+    /// ```
+    pub fn open(dir: impl AsRef<Path>, config: Config) -> Result<Store> {
+        Self::open_with_fs(dir, config, Arc::new(OsFileSystem))
+    }
+
+    /// [`Store::open`] with file I/O going through `fs`, for tests that
+    /// inject faults or simulate power loss.
+    pub fn open_with_fs(
+        dir: impl AsRef<Path>,
+        config: Config,
+        fs: Arc<dyn FileSystem>,
+    ) -> Result<Store> {
+        let secret = fresh_secret();
+        let engine = LogEngine::open(dir.as_ref(), &config, fs, &secret)?;
+        Ok(Store::with_engine_and_secret(
+            Box::new(engine),
+            "log",
+            config,
+            secret,
+        ))
+    }
+
     pub(crate) fn with_engine(
         engine: Box<dyn Engine>,
         engine_name: &'static str,
         config: Config,
     ) -> Store {
+        Self::with_engine_and_secret(engine, engine_name, config, fresh_secret())
+    }
+
+    /// A store over `engine`, whose identity hashes use `secret` (the
+    /// durable engine rebuilt its index with it).
+    pub(crate) fn with_engine_and_secret(
+        engine: Box<dyn Engine>,
+        engine_name: &'static str,
+        config: Config,
+        secret: [u8; 32],
+    ) -> Store {
         let shared = Arc::new(Shared {
             counters: Counters::new(engine.max_token()),
             engine,
             engine_name,
-            secret: fresh_secret(),
+            secret,
             poison: Mutex::new(None),
             config,
         });

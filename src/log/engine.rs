@@ -1,0 +1,330 @@
+//! [`LogEngine`]: the durable engine behind [`Store::open`](crate::Store::open).
+//!
+//! Each update runs under its identity's index shard lock: find the entry,
+//! read its record (from the in-flight side table or back from disk), let
+//! the store decide, append the new frame to the log buffer, update the
+//! index, unlock; then wait, outside the lock, until the frame (or the
+//! last frame of that shard the decision saw) is as durable as the store's
+//! durability asks.
+
+use std::cell::RefCell;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Sender;
+use crossbeam_utils::CachePadded;
+use parking_lot::Mutex;
+
+use super::format;
+use super::fs::{FileSystem, LockGuard};
+use super::index::{self, table_hash, Entry, Shard};
+use super::lock::lock_dir;
+use super::recovery::{self, hashes, Params};
+use super::writer::{spawn_writer, Log, LogSettings};
+use crate::clock::Timestamp;
+use crate::config::{Config, Durability};
+use crate::error::{Error, Result};
+use crate::record::Record;
+use crate::store::engine::{Change, Engine, EngineStats, Identity, MaintenanceReport};
+
+thread_local! {
+    /// Per-thread encoding buffer, so a frame costs no allocation.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The durable, log-structured engine.
+pub(crate) struct LogEngine {
+    pub(super) log: Arc<Log>,
+    pub(super) shards: Box<[CachePadded<Mutex<Shard>>]>,
+    hash_mask: u32,
+    opened_at: Timestamp,
+    max_token: u64,
+    /// One maintenance pass at a time.
+    pub(super) reclaiming: Mutex<()>,
+    stop_writer: Option<Sender<()>>,
+    writer: Option<JoinHandle<()>>,
+    // Last: released after the final flush in `drop`.
+    _lock: LockGuard,
+}
+
+/// Where a found record is.
+pub(super) struct Found {
+    pub(super) entry: Entry,
+    /// Read back from disk; `None` when it is in the in-flight side table.
+    pub(super) from_disk: Option<Record>,
+}
+
+impl LogEngine {
+    /// Opens (creating if needed) the data directory `dir`.
+    pub(crate) fn open(
+        dir: &Path,
+        config: &Config,
+        fs: Arc<dyn FileSystem>,
+        secret: &[u8; 32],
+    ) -> Result<LogEngine> {
+        Self::open_with_hash_mask(dir, config, fs, secret, u32::MAX)
+    }
+
+    /// Opens with only the `hash_mask` bits of each identity hash kept, so
+    /// tests can force every identity to collide.
+    pub(crate) fn open_with_hash_mask(
+        dir: &Path,
+        config: &Config,
+        fs: Arc<dyn FileSystem>,
+        secret: &[u8; 32],
+        hash_mask: u32,
+    ) -> Result<LogEngine> {
+        let lock = lock_dir(&*fs, dir)?;
+        let shards = config.shard_count();
+        let opened_at = config.clock.now();
+        let sync = config.durability != Durability::None;
+        // A frame must fit in a segment after its header.
+        let segment_size = config.segment_size.clamp(4096, u64::from(u32::MAX));
+        let opened = recovery::recover(&Params {
+            fs: &*fs,
+            dir,
+            secret,
+            shards,
+            hash_mask,
+            now: opened_at,
+            keep_leases: config.keep_leases_on_open,
+            repair: config.repair,
+            segment_size,
+            disk_budget: config.disk_budget,
+            sync,
+        })?;
+        let (log, kicked) = Log::new(
+            LogSettings {
+                fs,
+                dir: dir.to_path_buf(),
+                durability: config.durability,
+                segment_size,
+                disk_budget: config.disk_budget,
+                shards,
+            },
+            opened.segments,
+            opened.head,
+            opened.head_end,
+            opened.max_token,
+        );
+        let log = Arc::new(log);
+        let (stop_writer, stop) = crossbeam_channel::bounded::<()>(0);
+        let writer = spawn_writer(Arc::clone(&log), kicked, stop).map_err(|e| {
+            Error::io(
+                format!("cannot start the writer thread for {}", dir.display()),
+                e,
+            )
+        })?;
+        Ok(LogEngine {
+            log,
+            shards: opened
+                .shards
+                .into_iter()
+                .map(|s| CachePadded::new(Mutex::new(s)))
+                .collect(),
+            hash_mask,
+            opened_at,
+            max_token: opened.max_token,
+            reclaiming: Mutex::new(()),
+            stop_writer: Some(stop_writer),
+            writer: Some(writer),
+            _lock: lock,
+        })
+    }
+
+    fn locate(&self, id: &Identity<'_>) -> (u32, usize) {
+        hashes(id.hash, self.shards.len(), self.hash_mask)
+    }
+
+    /// Finds the current record of `id` in `shard`, confirming the full
+    /// identity for every entry whose hash matches.
+    fn find(&self, shard: &Shard, id: &Identity<'_>, hash: u32) -> Result<Option<Found>> {
+        for e in shard.table.iter_hash(table_hash(hash)) {
+            if e.hash != hash {
+                continue;
+            }
+            if e.in_flight() {
+                if let Some(r) = shard.cached(e) {
+                    if r.key == *id.key {
+                        return Ok(Some(Found {
+                            entry: *e,
+                            from_disk: None,
+                        }));
+                    }
+                    continue;
+                }
+            }
+            let mut r = self.read(e)?;
+            if r.key == *id.key {
+                if e.lease_void() {
+                    index::void_lease(&mut r, self.opened_at);
+                }
+                r.replays = u64::from(e.replays);
+                return Ok(Some(Found {
+                    entry: *e,
+                    from_disk: Some(r),
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    fn read(&self, e: &Entry) -> Result<Record> {
+        let payload = self.log.read_payload(e.segment, e.offset, e.len())?;
+        format::decode_put(&payload).map_err(|reason| Error::Corrupt {
+            file: self.log.dir.join(super::segment::file_name(e.segment)),
+            offset: u64::from(e.offset),
+            reason: reason.into(),
+        })
+    }
+
+    fn append_with(&self, encode: impl FnOnce(&mut Vec<u8>)) -> Result<super::writer::Loc> {
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            s.clear();
+            encode(&mut s);
+            let loc = self.log.append(&s);
+            if s.capacity() > 1 << 20 {
+                *s = Vec::new();
+            }
+            loc
+        })
+    }
+}
+
+impl Engine for LogEngine {
+    fn update(
+        &self,
+        id: Identity<'_>,
+        decide: &mut dyn FnMut(Option<&Record>) -> Change,
+    ) -> Result<()> {
+        self.log.check()?;
+        let (hash, si) = self.locate(&id);
+        let mut guard = self.shards[si].lock();
+        let shard = &mut *guard;
+        let found = self.find(shard, &id, hash)?;
+        let change = match &found {
+            None => decide(None),
+            Some(Found {
+                from_disk: Some(r), ..
+            }) => decide(Some(r)),
+            Some(Found {
+                entry,
+                from_disk: None,
+            }) => match shard.cached(entry) {
+                Some(r) => decide(Some(r)),
+                None => unreachable!("find saw this cached record under the same lock"),
+            },
+        };
+        let wait_for = match change {
+            Change::Keep => shard.last_end,
+            Change::Replayed => {
+                if let Some(e) = found.as_ref().and_then(|f| shard.entry_mut(&f.entry)) {
+                    e.replays = e.replays.saturating_add(1);
+                }
+                shard.last_end
+            }
+            Change::Put(record) => {
+                let len = format::put_frame_len(&record);
+                if len > format::MAX_PAYLOAD {
+                    return Err(Error::ResponseTooLarge {
+                        len: record.response().map_or(0, |b| b.len()),
+                        limit: format::MAX_PAYLOAD,
+                    });
+                }
+                let loc = self.append_with(|out| format::encode_put(out, &record))?;
+                self.log.note_token(si, record.token);
+                let entry = Entry::new(
+                    hash,
+                    loc,
+                    record.is_in_flight(),
+                    record.expires_at.as_millis(),
+                    record.replays,
+                );
+                match &found {
+                    Some(f) => shard.replace(&f.entry, entry),
+                    None => shard.insert(entry),
+                }
+                if record.is_in_flight() {
+                    shard.cache(&entry, record);
+                }
+                shard.last_end = loc.end();
+                shard.last_end
+            }
+            Change::Remove => match &found {
+                Some(f) => {
+                    let loc = self.append_with(|out| format::encode_tombstone(out, id.key))?;
+                    shard.remove(&f.entry);
+                    shard.last_end = loc.end();
+                    shard.last_end
+                }
+                None => shard.last_end,
+            },
+        };
+        drop(guard);
+        self.log.wait(wait_for)
+    }
+
+    fn get(&self, id: Identity<'_>) -> Result<Option<Record>> {
+        self.log.check()?;
+        let (hash, si) = self.locate(&id);
+        let guard = self.shards[si].lock();
+        let record = match self.find(&guard, &id, hash)? {
+            None => None,
+            Some(Found {
+                from_disk: Some(r), ..
+            }) => Some(r),
+            Some(Found {
+                entry,
+                from_disk: None,
+            }) => guard.cached(&entry).cloned(),
+        };
+        let wait_for = guard.last_end;
+        drop(guard);
+        self.log.wait(wait_for)?;
+        Ok(record)
+    }
+
+    fn maintain(&self, now: Timestamp) -> Result<MaintenanceReport> {
+        super::reclaim::maintain(self, now)
+    }
+
+    fn stats(&self) -> EngineStats {
+        let mut stats = EngineStats::default();
+        for shard in self.shards.iter() {
+            let s = shard.lock();
+            stats.live_records += s.table.len() as u64;
+            stats.in_flight += s.in_flight;
+            stats.bytes_live += s.live_bytes;
+        }
+        stats.segments = self.log.segments.read().len() as u64;
+        stats.bytes_on_disk = self.log.bytes_on_disk();
+        let (syncs, records, last) = self.log.sync_figures();
+        stats.syncs = syncs;
+        stats.records_synced = records;
+        stats.last_sync_latency = last;
+        stats
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.log.flush()
+    }
+
+    fn max_token(&self) -> u64 {
+        self.max_token
+    }
+}
+
+impl Drop for LogEngine {
+    fn drop(&mut self) {
+        // Closing the channel stops the writer thread.
+        drop(self.stop_writer.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+        // Nothing to report a failure to: an unsynced tail is what a crash
+        // would leave, and recovery handles it.
+        let _ = self.log.close();
+    }
+}

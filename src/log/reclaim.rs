@@ -1,0 +1,142 @@
+//! Maintenance: expire index entries, then give disk space back.
+//!
+//! Segments are only ever deleted oldest first. That is what makes a crash
+//! at any step safe: every frame that supersedes, deletes (tombstone) or
+//! outlives a frame of the oldest segment lies in a later segment, so
+//! deleting the oldest segment can never bring back an older version of a
+//! record, and a record whose newest version has expired stays expired.
+//! Before a deletion the log is flushed (and synced, unless the durability
+//! is `None`), so the later frames are on disk first, and each deletion is
+//! made durable (directory fsync) before the next one.
+//!
+//! The oldest segment is deleted once nothing in it is live. When at least
+//! half of it is dead, its live frames are first copied verbatim to the
+//! head of the log (bounded bytes per pass).
+
+use std::collections::BTreeMap;
+
+use super::engine::LogEngine;
+use super::segment::Segment;
+use crate::clock::Timestamp;
+use crate::error::Result;
+use crate::store::engine::MaintenanceReport;
+
+/// Most segments deleted in one pass.
+const MAX_DELETIONS: usize = 64;
+
+pub(super) fn maintain(engine: &LogEngine, now: Timestamp) -> Result<MaintenanceReport> {
+    let _pass = engine.reclaiming.lock();
+    engine.log.check()?;
+    let mut report = MaintenanceReport::default();
+    // 1. Expire entries, one shard at a time, and count live bytes per
+    //    segment.
+    let mut live: BTreeMap<u32, u64> = BTreeMap::new();
+    for shard in engine.shards.iter() {
+        let mut guard = shard.lock();
+        let s = &mut *guard;
+        let mut gone = Vec::new();
+        s.table.retain(|e| {
+            if e.is_expired(now) {
+                gone.push(*e);
+                false
+            } else {
+                *live.entry(e.segment).or_default() += u64::from(e.len());
+                true
+            }
+        });
+        for e in &gone {
+            s.in_flight -= u64::from(e.in_flight());
+            s.live_bytes -= u64::from(e.len());
+            if e.in_flight() {
+                s.uncache(e);
+            }
+        }
+        report.expired += gone.len() as u64;
+    }
+    // 2. Free the oldest segments.
+    let head = engine.log.head_id();
+    let segments: Vec<(u32, u64)> = engine
+        .log
+        .segments
+        .read()
+        .values()
+        .map(|s| (s.id, s.size))
+        .collect();
+    let copy_budget = segments.first().map_or(0, |s| s.1);
+    let mut copied = 0u64;
+    let mut doomed = Vec::new();
+    for &(id, size) in &segments {
+        if id == head {
+            break;
+        }
+        if doomed.len() >= MAX_DELETIONS {
+            report.more_work = true;
+            break;
+        }
+        let live_bytes = live.get(&id).copied().unwrap_or(0);
+        if live_bytes == 0 {
+            doomed.push(id);
+            continue;
+        }
+        if live_bytes * 2 > size {
+            // Mostly live: copying would free too little.
+            break;
+        }
+        if copied > 0 && copied + live_bytes > copy_budget {
+            report.more_work = true;
+            break;
+        }
+        let seg = engine.log.segment(id)?;
+        let (records, bytes) = copy_forward(engine, &seg)?;
+        report.records_copied += records;
+        copied += bytes;
+        doomed.push(id);
+    }
+    if doomed.is_empty() {
+        return Ok(report);
+    }
+    // Later frames (including the copies) and the token floor reach the
+    // disk before any segment goes.
+    engine.log.persist_token_floor()?;
+    for id in doomed {
+        report.bytes_reclaimed += engine.log.delete_segment(id)?;
+        report.segments_deleted += 1;
+    }
+    Ok(report)
+}
+
+/// Copies every live frame of `seg` to the head of the log, one shard at a
+/// time; returns the frames and bytes copied.
+fn copy_forward(engine: &LogEngine, seg: &Segment) -> Result<(u64, u64)> {
+    let (mut records, mut bytes) = (0, 0);
+    for shard in engine.shards.iter() {
+        let mut guard = shard.lock();
+        let s = &mut *guard;
+        let movers: Vec<_> = s
+            .table
+            .iter()
+            .filter(|e| e.segment == seg.id)
+            .copied()
+            .collect();
+        for old in movers {
+            // Checked on the way, so corruption is never copied.
+            let frame = seg.read_frame(old.offset, old.len())?;
+            let loc = engine.log.append(&frame)?;
+            if let Some(e) = s.entry_mut(&old) {
+                e.move_to(loc);
+            }
+            if old.in_flight() {
+                if let Some(c) = s.cache.find_mut(super::index::table_hash(old.hash), |c| {
+                    c.segment == old.segment && c.offset == old.offset
+                }) {
+                    c.segment = loc.segment;
+                    c.offset = loc.offset;
+                }
+            }
+            s.last_end = loc.end();
+            records += 1;
+            bytes += u64::from(loc.len);
+        }
+    }
+    Ok((records, bytes))
+}

@@ -1,0 +1,549 @@
+//! The write path: callers append encoded frames to a shared buffer under a
+//! short lock; the buffer goes to the head segment in one write, and one
+//! `fdatasync` covers every frame written before it (group commit).
+//!
+//! Two positions tell callers how far their frames got: `written` (handed to
+//! the operating system) and `durable` (synced). What a caller waits for
+//! depends on the durability:
+//! * `Sync`: the writer thread writes and syncs whenever kicked; callers
+//!   wait for `durable`.
+//! * `Buffered`: a caller writes the buffer itself (or finds it written by
+//!   another caller); the writer thread syncs every `max_delay`.
+//! * `None`: callers return at once; the writer thread writes the buffer
+//!   when it grows or every few milliseconds, and never syncs.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, Receiver};
+use crossbeam_utils::CachePadded;
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use super::format::{self, HEADER_LEN};
+use super::fs::FileSystem;
+use super::segment::{pos, pos_offset, Pos, Segment};
+use crate::config::Durability;
+use crate::error::{Error, Result};
+
+/// In `None` mode, the buffer is written once it holds this much...
+const WRITE_AT: usize = 1 << 20;
+/// ...and a caller writes it itself (back-pressure) past this much.
+const WRITE_MYSELF_AT: usize = 16 << 20;
+/// In `None` mode, how often the writer thread writes a non-empty buffer.
+const NONE_WRITE_EVERY: Duration = Duration::from_millis(10);
+
+/// Frames not yet written, all in the head segment.
+struct Tail {
+    buf: Vec<u8>,
+    /// Position of `buf[0]`.
+    buf_pos: Pos,
+    head: Arc<Segment>,
+    /// Offset after the last frame appended to the head.
+    head_end: u32,
+    /// Frames in `buf` (for the records-per-sync figure).
+    records: u64,
+}
+
+/// What the one writer at a time (writer thread, a `Buffered` caller, a
+/// segment roll) owns.
+struct Io {
+    spare: Vec<u8>,
+    unsynced_records: u64,
+}
+
+/// The log of one data directory.
+pub(crate) struct Log {
+    pub(crate) fs: Arc<dyn FileSystem>,
+    pub(crate) dir: PathBuf,
+    pub(crate) durability: Durability,
+    segment_size: u64,
+    disk_budget: Option<u64>,
+    tail: CachePadded<Mutex<Tail>>,
+    io: Mutex<Io>,
+    written: CachePadded<AtomicU64>,
+    durable: CachePadded<AtomicU64>,
+    wait_lock: Mutex<()>,
+    wake: Condvar,
+    poisoned: AtomicBool,
+    poison_cause: Mutex<Option<String>>,
+    pub(crate) segments: RwLock<BTreeMap<u32, Arc<Segment>>>,
+    bytes_on_disk: AtomicU64,
+    /// Largest fencing token written, per index shard (stored under the
+    /// shard's lock, so no two threads fight over one line).
+    max_tokens: Box<[CachePadded<AtomicU64>]>,
+    kick: crossbeam_channel::Sender<()>,
+    syncs: AtomicU64,
+    records_synced: AtomicU64,
+    last_sync_nanos: AtomicU64,
+}
+
+/// Where an appended frame landed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Loc {
+    pub(crate) segment: u32,
+    pub(crate) offset: u32,
+    pub(crate) len: u32,
+}
+
+impl Loc {
+    pub(crate) fn end(&self) -> Pos {
+        pos(self.segment, self.offset + self.len)
+    }
+}
+
+/// The settings [`Log::new`] takes.
+pub(crate) struct LogSettings {
+    pub(crate) fs: Arc<dyn FileSystem>,
+    pub(crate) dir: PathBuf,
+    pub(crate) durability: Durability,
+    pub(crate) segment_size: u64,
+    pub(crate) disk_budget: Option<u64>,
+    pub(crate) shards: usize,
+}
+
+impl Log {
+    /// A log whose head is `head`, with the next frame at `head_end`, over
+    /// the segments `segments` (which include the head). Returns the log and
+    /// the receiving end of its kick channel for the writer thread.
+    pub(crate) fn new(
+        settings: LogSettings,
+        segments: BTreeMap<u32, Arc<Segment>>,
+        head: Arc<Segment>,
+        head_end: u32,
+        max_token: u64,
+    ) -> (Log, Receiver<()>) {
+        let (kick, kicked) = crossbeam_channel::bounded(1);
+        let start = pos(head.id, head_end);
+        let bytes_on_disk = segments.values().map(|s| s.size).sum();
+        let max_tokens: Box<[CachePadded<AtomicU64>]> = (0..settings.shards.max(1))
+            .map(|_| CachePadded::new(AtomicU64::new(max_token)))
+            .collect();
+        let log = Log {
+            fs: settings.fs,
+            dir: settings.dir,
+            durability: settings.durability,
+            segment_size: settings.segment_size,
+            disk_budget: settings.disk_budget,
+            tail: CachePadded::new(Mutex::new(Tail {
+                buf: Vec::with_capacity(1 << 16),
+                buf_pos: start,
+                head,
+                head_end,
+                records: 0,
+            })),
+            io: Mutex::new(Io {
+                spare: Vec::with_capacity(1 << 16),
+                unsynced_records: 0,
+            }),
+            written: CachePadded::new(AtomicU64::new(start)),
+            durable: CachePadded::new(AtomicU64::new(start)),
+            wait_lock: Mutex::new(()),
+            wake: Condvar::new(),
+            poisoned: AtomicBool::new(false),
+            poison_cause: Mutex::new(None),
+            segments: RwLock::new(segments),
+            bytes_on_disk: AtomicU64::new(bytes_on_disk),
+            max_tokens,
+            kick,
+            syncs: AtomicU64::new(0),
+            records_synced: AtomicU64::new(0),
+            last_sync_nanos: AtomicU64::new(u64::MAX),
+        };
+        (log, kicked)
+    }
+
+    fn syncs_enabled(&self) -> bool {
+        self.durability != Durability::None
+    }
+
+    /// Fails with `Poisoned` once a write or sync failed.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::Acquire) {
+            let cause = self.poison_cause.lock().clone().unwrap_or_default();
+            return Err(Error::Poisoned { cause });
+        }
+        Ok(())
+    }
+
+    /// Records the first failure, wakes every waiter (they will see the
+    /// poison) and returns the error for the caller that hit it.
+    fn poison(&self, cause: String) -> Error {
+        let cause = self.poison_cause.lock().get_or_insert(cause).clone();
+        self.poisoned.store(true, Ordering::Release);
+        let _g = self.wait_lock.lock();
+        self.wake.notify_all();
+        Error::Poisoned { cause }
+    }
+
+    /// Notes a fencing token written under index shard `shard`.
+    pub(crate) fn note_token(&self, shard: usize, token: u64) {
+        let slot = &self.max_tokens[shard % self.max_tokens.len()];
+        if slot.load(Ordering::Relaxed) < token {
+            slot.store(token, Ordering::Relaxed);
+        }
+    }
+
+    fn token_floor(&self) -> u64 {
+        self.max_tokens
+            .iter()
+            .map(|t| t.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Appends one encoded frame and returns where it landed. It is not
+    /// written yet: see [`wait`](Self::wait).
+    pub(crate) fn append(&self, frame: &[u8]) -> Result<Loc> {
+        self.check()?;
+        let len = frame.len() as u32;
+        loop {
+            let mut t = self.tail.lock();
+            if u64::from(t.head_end) + u64::from(len) <= t.head.size {
+                let loc = Loc {
+                    segment: t.head.id,
+                    offset: t.head_end,
+                    len,
+                };
+                t.buf.extend_from_slice(frame);
+                t.head_end += len;
+                t.records += 1;
+                let buffered = t.buf.len();
+                drop(t);
+                if self.durability == Durability::None && buffered >= WRITE_AT {
+                    if buffered >= WRITE_MYSELF_AT {
+                        self.ensure_written(loc.end())?;
+                    } else {
+                        let _ = self.kick.try_send(());
+                    }
+                }
+                return Ok(loc);
+            }
+            let full = t.head.id;
+            drop(t);
+            self.roll(full, frame.len())?;
+        }
+    }
+
+    /// Waits until the frame ending at `end` is as durable as the store's
+    /// durability asks.
+    pub(crate) fn wait(&self, end: Pos) -> Result<()> {
+        match self.durability {
+            Durability::None => self.check(),
+            Durability::Buffered { .. } => self.ensure_written(end),
+            Durability::Sync => self.wait_durable(end),
+        }
+    }
+
+    fn wait_durable(&self, end: Pos) -> Result<()> {
+        if self.durable.load(Ordering::Acquire) >= end {
+            return Ok(());
+        }
+        let _ = self.kick.try_send(());
+        let mut g = self.wait_lock.lock();
+        loop {
+            self.check()?;
+            if self.durable.load(Ordering::Acquire) >= end {
+                return Ok(());
+            }
+            self.wake.wait(&mut g);
+        }
+    }
+
+    /// Makes sure everything before `end` has been handed to the operating
+    /// system, writing the buffer if nobody has.
+    pub(crate) fn ensure_written(&self, end: Pos) -> Result<()> {
+        if self.written.load(Ordering::Acquire) >= end {
+            return self.check();
+        }
+        let mut io = self.io.lock();
+        if self.written.load(Ordering::Acquire) < end {
+            self.write_out(&mut io)?;
+        }
+        self.check()
+    }
+
+    /// Writes the buffer to the head segment in one write.
+    fn write_out(&self, io: &mut Io) -> Result<()> {
+        self.check()?;
+        let (start, head, records) = {
+            let mut t = self.tail.lock();
+            if t.buf.is_empty() {
+                return Ok(());
+            }
+            std::mem::swap(&mut t.buf, &mut io.spare);
+            let start = t.buf_pos;
+            t.buf_pos += io.spare.len() as u64;
+            (start, Arc::clone(&t.head), std::mem::take(&mut t.records))
+        };
+        let result = head
+            .file
+            .write_all_at(&io.spare, u64::from(pos_offset(start)));
+        let len = io.spare.len() as u64;
+        io.spare.clear();
+        if io.spare.capacity() > WRITE_MYSELF_AT {
+            io.spare.shrink_to(1 << 16);
+        }
+        if let Err(e) = result {
+            return Err(self.poison(format!("writing {} failed: {e}", head.path.display())));
+        }
+        io.unsynced_records += records;
+        self.written.store(start + len, Ordering::Release);
+        Ok(())
+    }
+
+    /// Writes the buffer and syncs the head segment. Unless `marks_too`,
+    /// a buffer that holds only marks is left alone, so an idle store does
+    /// not sync forever.
+    fn sync(&self, io: &mut Io, marks_too: bool) -> Result<()> {
+        if !marks_too && io.unsynced_records == 0 && self.tail.lock().records == 0 {
+            return self.check();
+        }
+        self.write_out(io)?;
+        let target = self.written.load(Ordering::Acquire);
+        if target <= self.durable.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let head = Arc::clone(&self.tail.lock().head);
+        let started = Instant::now();
+        if let Err(e) = head.file.sync_data() {
+            return Err(self.poison(format!("fdatasync of {} failed: {e}", head.path.display())));
+        }
+        self.synced(started, std::mem::take(&mut io.unsynced_records), target);
+        // A mark rides with the next write, telling recovery that damage
+        // before `target` is corruption, not a torn tail.
+        self.append_mark(target);
+        Ok(())
+    }
+
+    fn synced(&self, started: Instant, records: u64, target: Pos) {
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        self.last_sync_nanos.store(nanos, Ordering::Relaxed);
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.records_synced.fetch_add(records, Ordering::Relaxed);
+        self.durable.store(target, Ordering::Release);
+        let _g = self.wait_lock.lock();
+        self.wake.notify_all();
+    }
+
+    fn append_mark(&self, synced_upto: Pos) {
+        let mut mark = Vec::with_capacity(40);
+        format::encode_mark(&mut mark, synced_upto, self.token_floor());
+        let mut t = self.tail.lock();
+        // A mark that does not fit is left out: it only sharpens recovery's
+        // verdict, and rolling here would need the lock we hold.
+        if u64::from(t.head_end) + mark.len() as u64 <= t.head.size {
+            t.buf.extend_from_slice(&mark);
+            t.head_end += mark.len() as u32;
+        }
+    }
+
+    /// Writes and (unless the durability is `None`) syncs everything
+    /// appended so far.
+    pub(crate) fn flush(&self) -> Result<()> {
+        let mut io = self.io.lock();
+        if self.syncs_enabled() {
+            self.sync(&mut io, false)
+        } else {
+            self.write_out(&mut io)
+        }
+    }
+
+    /// Appends a mark carrying the current token floor and flushes it, so
+    /// that fencing tokens keep rising after the segments that held them
+    /// are deleted.
+    pub(crate) fn persist_token_floor(&self) -> Result<()> {
+        let mut mark = Vec::with_capacity(40);
+        format::encode_mark(
+            &mut mark,
+            self.durable.load(Ordering::Acquire),
+            self.token_floor(),
+        );
+        self.append(&mark)?;
+        let mut io = self.io.lock();
+        if self.syncs_enabled() {
+            self.sync(&mut io, true)
+        } else {
+            self.write_out(&mut io)
+        }
+    }
+
+    /// Closes the log cleanly: everything written and, unless the
+    /// durability is `None`, synced and covered by a final mark.
+    pub(crate) fn close(&self) -> Result<()> {
+        let mut io = self.io.lock();
+        if self.syncs_enabled() {
+            self.sync(&mut io, false)?;
+            self.sync(&mut io, true)
+        } else {
+            self.write_out(&mut io)
+        }
+    }
+
+    /// Starts segment `full + 1` once `full` cannot take a frame of `need`
+    /// bytes; a no-op if another caller already did.
+    fn roll(&self, full: u32, need: usize) -> Result<()> {
+        let mut io = self.io.lock();
+        if self.tail.lock().head.id != full {
+            return Ok(());
+        }
+        self.check()?;
+        let id = full.checked_add(1).ok_or_else(|| {
+            Error::io(
+                format!("cannot start a new segment in {}", self.dir.display()),
+                std::io::Error::other("segment ids are exhausted"),
+            )
+        })?;
+        let size = self.segment_size.max(u64::from(HEADER_LEN) + need as u64);
+        let on_disk = self.bytes_on_disk.load(Ordering::Relaxed);
+        if let Some(budget) = self.disk_budget {
+            if on_disk + size > budget {
+                return Err(Error::DiskBudgetExceeded {
+                    budget,
+                    needed: on_disk + size,
+                });
+            }
+        }
+        let seg = Arc::new(Segment::create(
+            &*self.fs,
+            &self.dir,
+            id,
+            size,
+            self.syncs_enabled(),
+        )?);
+        self.segments.write().insert(id, Arc::clone(&seg));
+        self.bytes_on_disk.fetch_add(size, Ordering::Relaxed);
+        let new_start = pos(id, HEADER_LEN);
+        let (start, old, records) = {
+            let mut t = self.tail.lock();
+            std::mem::swap(&mut t.buf, &mut io.spare);
+            let start = t.buf_pos;
+            t.buf_pos = new_start;
+            t.head_end = HEADER_LEN;
+            let old = std::mem::replace(&mut t.head, seg);
+            (start, old, std::mem::take(&mut t.records))
+        };
+        let written = old
+            .file
+            .write_all_at(&io.spare, u64::from(pos_offset(start)));
+        io.spare.clear();
+        if let Err(e) = written {
+            return Err(self.poison(format!("writing {} failed: {e}", old.path.display())));
+        }
+        io.unsynced_records += records;
+        self.written.store(new_start, Ordering::Release);
+        if self.syncs_enabled() {
+            // The old segment is complete: sync it so that `durable` can
+            // move into the new one.
+            let started = Instant::now();
+            if let Err(e) = old.file.sync_data() {
+                return Err(self.poison(format!("fdatasync of {} failed: {e}", old.path.display())));
+            }
+            self.synced(
+                started,
+                std::mem::take(&mut io.unsynced_records),
+                new_start,
+            );
+            self.append_mark(new_start);
+        }
+        Ok(())
+    }
+
+    /// The payload of the frame at `loc`, read back from the file (written
+    /// first if it is still in the buffer).
+    pub(crate) fn read_payload(&self, segment: u32, offset: u32, len: u32) -> Result<Vec<u8>> {
+        self.ensure_written(pos(segment, offset + len))?;
+        let seg = self.segment(segment)?;
+        seg.read_payload(offset, len)
+    }
+
+    pub(crate) fn segment(&self, id: u32) -> Result<Arc<Segment>> {
+        self.segments.read().get(&id).cloned().ok_or_else(|| Error::Corrupt {
+            file: self.dir.join(super::segment::file_name(id)),
+            offset: 0,
+            reason: "the index points into a segment that is gone".into(),
+        })
+    }
+
+    /// The head segment's id.
+    pub(crate) fn head_id(&self) -> u32 {
+        self.tail.lock().head.id
+    }
+
+    /// Deletes a segment file that holds nothing live; the deletion is made
+    /// durable before returning so that deletions reach the disk oldest
+    /// first.
+    pub(crate) fn delete_segment(&self, id: u32) -> Result<u64> {
+        let Some(seg) = self.segments.write().remove(&id) else {
+            return Ok(0);
+        };
+        self.fs
+            .remove(&seg.path)
+            .map_err(|e| Error::io(format!("cannot delete {}", seg.path.display()), e))?;
+        if self.syncs_enabled() {
+            self.fs.sync_dir(&self.dir).map_err(|e| {
+                Error::io(
+                    format!("cannot sync the directory {}", self.dir.display()),
+                    e,
+                )
+            })?;
+        }
+        self.bytes_on_disk.fetch_sub(seg.size, Ordering::Relaxed);
+        Ok(seg.size)
+    }
+
+    pub(crate) fn bytes_on_disk(&self) -> u64 {
+        self.bytes_on_disk.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn sync_figures(&self) -> (u64, u64, Option<Duration>) {
+        let last = self.last_sync_nanos.load(Ordering::Relaxed);
+        (
+            self.syncs.load(Ordering::Relaxed),
+            self.records_synced.load(Ordering::Relaxed),
+            (last != u64::MAX).then(|| Duration::from_nanos(last)),
+        )
+    }
+}
+
+/// The writer thread: group commit for `Sync`, timed syncs for `Buffered`,
+/// timed writes for `None`. Stops when `stop` is closed.
+pub(crate) fn spawn_writer(
+    log: Arc<Log>,
+    kicked: Receiver<()>,
+    stop: Receiver<()>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("idemlog-writer".into())
+        .spawn(move || {
+            let tick = match log.durability {
+                Durability::Sync => None,
+                Durability::Buffered { max_delay } => {
+                    Some(max_delay.max(Duration::from_millis(1)))
+                }
+                Durability::None => Some(NONE_WRITE_EVERY),
+            };
+            loop {
+                let stopped = match tick {
+                    None => select! {
+                        recv(kicked) -> m => m.is_err(),
+                        recv(stop) -> _ => true,
+                    },
+                    Some(t) => select! {
+                        recv(kicked) -> m => m.is_err(),
+                        recv(stop) -> _ => true,
+                        default(t) => false,
+                    },
+                };
+                if stopped {
+                    return;
+                }
+                // Failures poison the log and wake the waiters; the thread
+                // keeps serving kicks, which then fail fast.
+                let _ = log.flush();
+            }
+        })
+}
