@@ -194,7 +194,10 @@ pub(crate) struct Window<'a> {
 const WINDOW: usize = 4 << 20;
 
 impl<'a> Window<'a> {
-    pub(crate) fn new(seg: &'a Segment, buf: Vec<u8>) -> Self {
+    pub(crate) fn new(seg: &'a Segment, mut buf: Vec<u8>) -> Self {
+        // The buffer is reused from segment to segment: what it holds is
+        // another file's bytes, never a window of this one.
+        buf.clear();
         Window { seg, buf, start: 0 }
     }
 
