@@ -114,8 +114,9 @@ pub struct Recording {
     pub views: Vec<View>,
     /// `clocks[m]`: the clock while operation `m` ran.
     pub clocks: Vec<u64>,
-    /// The largest token handed out before operation `m`.
-    pub tokens: Vec<u64>,
+    /// `tokens[m][i]`: the largest token of identity `i` acknowledged by the
+    /// first `m` operations (fencing tokens rise per identity).
+    pub tokens: Vec<[u64; IDENTITIES as usize]>,
     pub ops: usize,
 }
 
@@ -126,10 +127,10 @@ pub fn run(store: &Store, clock: &ManualClock, ack: &Arc<AtomicU64>, ops: usize,
     let mut rec = Recording {
         views: vec![View::new()],
         clocks: vec![],
-        tokens: vec![0],
+        tokens: vec![[0; IDENTITIES as usize]],
         ops,
     };
-    let mut max_token = 0u64;
+    let mut max_token = [0u64; IDENTITIES as usize];
     let mut n = 0u64;
     for _ in 0..ops {
         rec.clocks.push(clock.now().as_millis());
@@ -141,7 +142,7 @@ pub fn run(store: &Store, clock: &ManualClock, ack: &Arc<AtomicU64>, ops: usize,
                 let out = store.reserve(&k, &fingerprint(body)).expect("reserve");
                 if let Outcome::Acquired(r) = out {
                     let lease = r.into_lease();
-                    max_token = max_token.max(lease.token);
+                    max_token[i as usize] = max_token[i as usize].max(lease.token);
                     held.insert(i, lease);
                 }
             }
