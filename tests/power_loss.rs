@@ -145,6 +145,8 @@ fn exercise_recovered(
                 fingerprint,
                 attempts,
                 checkpoint,
+                ..
+
             }) => match store.reserve(&key, fingerprint) {
                 Ok(Outcome::Acquired(r)) => {
                     tally.takeovers_checked += 1;

@@ -59,6 +59,7 @@ pub enum Seen {
         fingerprint: Fingerprint,
         attempts: u32,
         checkpoint: Option<Bytes>,
+        expires_at: Timestamp,
     },
     Completed {
         token: u64,
@@ -82,6 +83,7 @@ pub fn view(store: &Store) -> idemlog::Result<View> {
                     fingerprint: r.fingerprint().clone(),
                     attempts: r.attempts(),
                     checkpoint: r.checkpoint().cloned(),
+                    expires_at: r.expires_at(),
                 },
                 RecordState::Completed { response, .. } => Seen::Completed {
                     token: r.fencing_token(),
@@ -200,15 +202,23 @@ pub fn reopen(
 /// acknowledged operations, or after the one that was running too. Records
 /// that expired by `now` are absent from both sides.
 pub fn allowed(rec: &Recording, acked: usize, got: &View, now: u64) -> bool {
-    let live = |v: &View| -> View {
-        v.iter()
-            .filter(|(_, s)| !matches!(s, Seen::Completed { expires_at, .. } if expires_at.as_millis() <= now))
-            .map(|(k, s)| (*k, s.clone()))
-            .collect()
-    };
     let candidates = [acked, acked + 1];
     candidates
         .iter()
         .filter(|&&m| m < rec.views.len())
-        .any(|&m| live(&rec.views[m]) == *got)
+        .any(|&m| live_at(&rec.views[m], now) == *got)
+}
+
+/// `v` without the records expired at `now`.
+pub fn live_at(v: &View, now: u64) -> View {
+    {
+        v.iter()
+            .filter(|(_, s)| match s {
+                Seen::Completed { expires_at, .. } | Seen::InFlight { expires_at, .. } => {
+                    expires_at.as_millis() > now
+                }
+            })
+            .map(|(k, s)| (*k, s.clone()))
+            .collect()
+    }
 }
