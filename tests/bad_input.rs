@@ -73,7 +73,10 @@ fn malformed_keys_and_scopes_are_typed_errors() {
     let e = s.key("t", "").unwrap_err();
     assert!(matches!(e, Error::EmptyKey { limit: 16 }), "got {e:?}");
     let e = s.key("t", "k".repeat(17)).unwrap_err();
-    assert!(matches!(e, Error::KeyTooLong { len: 17, limit: 16 }), "got {e:?}");
+    assert!(
+        matches!(e, Error::KeyTooLong { len: 17, limit: 16 }),
+        "got {e:?}"
+    );
     for (key, byte, position) in [
         ("ab\ncd", b'\n', 2),
         ("tab\there", b'\t', 3),
@@ -88,9 +91,21 @@ fn malformed_keys_and_scopes_are_typed_errors() {
     }
     // Non-ASCII UTF-8: the first byte of "é" is reported.
     let e = s.key("t", "café").unwrap_err();
-    assert!(matches!(e, Error::InvalidKeyByte { byte: 0xc3, position: 3 }), "got {e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::InvalidKeyByte {
+                byte: 0xc3,
+                position: 3
+            }
+        ),
+        "got {e:?}"
+    );
     let e = s.key("s".repeat(9), "k").unwrap_err();
-    assert!(matches!(e, Error::ScopeTooLong { len: 9, limit: 8 }), "got {e:?}");
+    assert!(
+        matches!(e, Error::ScopeTooLong { len: 9, limit: 8 }),
+        "got {e:?}"
+    );
     // Limits are inclusive.
     assert!(s.key("s".repeat(8), "k".repeat(16)).is_ok());
     for e in [
@@ -105,12 +120,21 @@ fn malformed_keys_and_scopes_are_typed_errors() {
     // refused by reserve and lookup too.
     let long = IdempotencyKey::new("t", "k".repeat(40)).expect("valid by default");
     let e = s.reserve(&long, &Fingerprint::of_bytes(b"x")).unwrap_err();
-    assert!(matches!(e, Error::KeyTooLong { len: 40, limit: 16 }), "got {e:?}");
+    assert!(
+        matches!(e, Error::KeyTooLong { len: 40, limit: 16 }),
+        "got {e:?}"
+    );
     let e = s.lookup(&long).unwrap_err();
-    assert!(matches!(e, Error::KeyTooLong { len: 40, limit: 16 }), "got {e:?}");
+    assert!(
+        matches!(e, Error::KeyTooLong { len: 40, limit: 16 }),
+        "got {e:?}"
+    );
     let wide = IdempotencyKey::new("s".repeat(100), "k").expect("valid by default");
     let e = s.reserve(&wide, &Fingerprint::of_bytes(b"x")).unwrap_err();
-    assert!(matches!(e, Error::ScopeTooLong { len: 100, limit: 8 }), "got {e:?}");
+    assert!(
+        matches!(e, Error::ScopeTooLong { len: 100, limit: 8 }),
+        "got {e:?}"
+    );
     f.assert_unchanged("refused keys");
     assert_eq!(s.stats().live_records, 2);
 }
@@ -121,7 +145,10 @@ fn oversized_responses_and_checkpoints_are_refused_and_change_nothing() {
     let mut f = fixture(Store::in_memory(config(&clock)));
 
     let e = f.held.checkpoint(vec![7u8; 9]).unwrap_err();
-    assert!(matches!(e, Error::CheckpointTooLarge { len: 9, limit: 8 }), "got {e:?}");
+    assert!(
+        matches!(e, Error::CheckpointTooLarge { len: 9, limit: 8 }),
+        "got {e:?}"
+    );
     f.assert_unchanged("an oversized checkpoint");
     assert_eq!(
         f.held.recovered_checkpoint().map(|c| &c[..]),
@@ -130,14 +157,24 @@ fn oversized_responses_and_checkpoints_are_refused_and_change_nothing() {
     );
 
     let lease = f.held.lease().clone();
-    let e = f.store.complete_lease(&lease, vec![1u8; 33].into()).unwrap_err();
-    assert!(matches!(e, Error::ResponseTooLarge { len: 33, limit: 32 }), "got {e:?}");
+    let e = f
+        .store
+        .complete_lease(&lease, vec![1u8; 33].into())
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::ResponseTooLarge { len: 33, limit: 32 }),
+        "got {e:?}"
+    );
     f.assert_unchanged("an oversized response");
 
     // The reservation is still held and works with a response in bounds.
     let e = f.store.complete_lease(&lease, vec![1u8; 32].into());
     assert!(e.is_ok(), "got {e:?}");
-    let after = f.store.lookup(f.held.key()).expect("lookup").expect("present");
+    let after = f
+        .store
+        .lookup(f.held.key())
+        .expect("lookup")
+        .expect("present");
     assert_eq!(after.response().map(|b| b.len()), Some(32));
 }
 
@@ -151,7 +188,16 @@ fn an_oversized_response_through_reservation_complete_releases_on_drop() {
         panic!("fresh")
     };
     let e = r.complete(vec![0u8; 1000]).unwrap_err();
-    assert!(matches!(e, Error::ResponseTooLarge { len: 1000, limit: 32 }), "got {e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::ResponseTooLarge {
+                len: 1000,
+                limit: 32
+            }
+        ),
+        "got {e:?}"
+    );
     // Not cached: the retry runs the write again.
     let again = store.reserve(&key, &fp).expect("reserve");
     assert!(matches!(again, Outcome::Acquired(_)), "got {again:?}");
@@ -159,7 +205,14 @@ fn an_oversized_response_through_reservation_complete_releases_on_drop() {
 
 #[test]
 fn malformed_json_bodies_are_typed_errors() {
-    for body in [&b"{"[..], b"[1,]", b"\"\xff\"", b"nan", b"{\"a\":1,\"a\":2}", b""] {
+    for body in [
+        &b"{"[..],
+        b"[1,]",
+        b"\"\xff\"",
+        b"nan",
+        b"{\"a\":1,\"a\":2}",
+        b"",
+    ] {
         let e = Fingerprint::of_json(body).unwrap_err();
         assert!(matches!(e, Error::CanonicalJson(_)), "{body:?}: got {e:?}");
         assert!(e.is_invalid_input());
@@ -175,13 +228,31 @@ fn stale_and_foreign_leases_change_nothing() {
     let f = fixture(Store::in_memory(config(&clock)));
     let mut forged = f.held.lease().clone();
     forged.token += 1;
-    let e = f.store.complete_lease(&forged, b"x"[..].into()).unwrap_err();
-    assert!(matches!(e, Error::LeaseLost { current: Some(_), .. }), "got {e:?}");
+    let e = f
+        .store
+        .complete_lease(&forged, b"x"[..].into())
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::LeaseLost {
+                current: Some(_),
+                ..
+            }
+        ),
+        "got {e:?}"
+    );
     let e = f.store.release_lease(&forged).unwrap_err();
     assert!(matches!(e, Error::LeaseLost { .. }), "got {e:?}");
-    let e = f.store.extend_lease(&mut forged, Duration::from_secs(1)).unwrap_err();
+    let e = f
+        .store
+        .extend_lease(&mut forged, Duration::from_secs(1))
+        .unwrap_err();
     assert!(matches!(e, Error::LeaseLost { .. }), "got {e:?}");
-    let e = f.store.checkpoint_lease(&forged, b"c"[..].into()).unwrap_err();
+    let e = f
+        .store
+        .checkpoint_lease(&forged, b"c"[..].into())
+        .unwrap_err();
     assert!(matches!(e, Error::LeaseLost { .. }), "got {e:?}");
     f.assert_unchanged("a forged token");
 }
@@ -219,7 +290,9 @@ fn durable_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(dir.path(), durable_config()).expect("open");
     let key = store.key("t", "k").expect("valid");
-    let Outcome::Acquired(r) = store.reserve(&key, &Fingerprint::of_bytes(b"x")).expect("reserve")
+    let Outcome::Acquired(r) = store
+        .reserve(&key, &Fingerprint::of_bytes(b"x"))
+        .expect("reserve")
     else {
         panic!("fresh")
     };
@@ -243,7 +316,11 @@ fn a_data_directory_that_is_a_file_is_a_typed_error() {
     let e = Store::open(&path, durable_config()).unwrap_err();
     assert!(matches!(e, Error::BadDirectory { .. }), "got {e:?}");
     assert!(e.to_string().contains("not a directory"), "{e}");
-    assert_eq!(std::fs::read(&path).expect("read"), b"user data", "the file was changed");
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        b"user data",
+        "the file was changed"
+    );
 }
 
 #[test]
@@ -255,7 +332,8 @@ fn an_unreadable_data_directory_is_a_typed_error() {
     // root reads through permissions: detect and say so instead of passing
     // for the wrong reason.
     if std::fs::read_dir(dir.path()).is_ok() {
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
         println!("SKIPPED unreadable directory: running as root, permissions are not enforced");
         return;
     }
@@ -284,7 +362,14 @@ fn a_segment_from_a_newer_format_version_is_a_typed_error_and_left_alone() {
     let before = files(dir.path());
     let e = Store::open(dir.path(), durable_config()).unwrap_err();
     assert!(
-        matches!(e, Error::UnsupportedFormatVersion { found: 2, supported: 1, .. }),
+        matches!(
+            e,
+            Error::UnsupportedFormatVersion {
+                found: 2,
+                supported: 1,
+                ..
+            }
+        ),
         "got {e:?}"
     );
     assert!(e.to_string().contains("upgrade idemlog"), "{e}");
@@ -337,14 +422,32 @@ fn bad_input_to_a_durable_store_changes_nothing_on_disk() {
     let before = files(dir.path());
     let mut held = f.held;
     let e = held.checkpoint(vec![0u8; 9]).unwrap_err();
-    assert!(matches!(e, Error::CheckpointTooLarge { len: 9, limit: 8 }), "got {e:?}");
-    let e = f.store.complete_lease(held.lease(), vec![0u8; 17].into()).unwrap_err();
-    assert!(matches!(e, Error::ResponseTooLarge { len: 17, limit: 16 }), "got {e:?}");
+    assert!(
+        matches!(e, Error::CheckpointTooLarge { len: 9, limit: 8 }),
+        "got {e:?}"
+    );
+    let e = f
+        .store
+        .complete_lease(held.lease(), vec![0u8; 17].into())
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::ResponseTooLarge { len: 17, limit: 16 }),
+        "got {e:?}"
+    );
     let long = IdempotencyKey::new("t", "k".repeat(40)).expect("valid by default");
-    let e = f.store.reserve(&long, &Fingerprint::of_bytes(b"x")).unwrap_err();
-    assert!(matches!(e, Error::KeyTooLong { len: 40, limit: 16 }), "got {e:?}");
+    let e = f
+        .store
+        .reserve(&long, &Fingerprint::of_bytes(b"x"))
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::KeyTooLong { len: 40, limit: 16 }),
+        "got {e:?}"
+    );
     let e = f.store.lookup(&long).unwrap_err();
-    assert!(matches!(e, Error::KeyTooLong { len: 40, limit: 16 }), "got {e:?}");
+    assert!(
+        matches!(e, Error::KeyTooLong { len: 40, limit: 16 }),
+        "got {e:?}"
+    );
     let running = held.key().clone();
     assert_eq!(f.before, snapshot(&f.store, &f.done, &running));
     f.store.flush().expect("flush");

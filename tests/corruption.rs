@@ -64,12 +64,17 @@ enum Verdict {
 fn judge(rec: &Recording, image: &Image, now: u64) -> Verdict {
     let full = live_at(rec.views.last().expect("views"), now);
     match reopen(Path::new(DIR), Arc::new(SimFs::from_image(image)), now) {
-        Err(Error::Corrupt { .. } | Error::NotIdemlogFile { .. } | Error::UnsupportedFormatVersion { .. }) => {
-            Verdict::Detected
-        }
+        Err(
+            Error::Corrupt { .. }
+            | Error::NotIdemlogFile { .. }
+            | Error::UnsupportedFormatVersion { .. },
+        ) => Verdict::Detected,
         Err(e) => Verdict::Served(format!("an untyped failure: {e}")),
         Ok((_, _, got)) if got == full => Verdict::Same,
-        Ok((_, _, got)) => match (0..rec.views.len()).rev().find(|&m| live_at(&rec.views[m], now) == got) {
+        Ok((_, _, got)) => match (0..rec.views.len())
+            .rev()
+            .find(|&m| live_at(&rec.views[m], now) == got)
+        {
             Some(m) => Verdict::Prefix(m),
             None => Verdict::Served(format!("a view that never existed: {got:?}")),
         },
@@ -94,7 +99,9 @@ fn tally(c: &mut Count, v: &Verdict, what: &str, prefix_ok: bool, problems: &mut
         Verdict::Detected => c.detected += 1,
         Verdict::Same => c.harmless += 1,
         Verdict::Prefix(_) if prefix_ok => c.prefix += 1,
-        Verdict::Prefix(m) => problems.push(format!("{what}: silently lost everything after op {m}")),
+        Verdict::Prefix(m) => {
+            problems.push(format!("{what}: silently lost everything after op {m}"))
+        }
         Verdict::Served(s) => problems.push(format!("{what}: served {s}")),
     }
 }
@@ -112,12 +119,16 @@ fn truncation_at_every_offset_cuts_a_tail_or_is_detected() {
         let v = judge(&rec, &damaged, now);
         if let Verdict::Prefix(m) = v {
             if m < last_prefix {
-                problems.push(format!("cut at {cut}: prefix {m} shorter than at a shorter cut ({last_prefix})"));
+                problems.push(format!(
+                    "cut at {cut}: prefix {m} shorter than at a shorter cut ({last_prefix})"
+                ));
             }
             last_prefix = m;
         }
         if cut >= end && !matches!(v, Verdict::Same) {
-            problems.push(format!("cut at {cut}, past every written byte ({end}), lost data"));
+            problems.push(format!(
+                "cut at {cut}, past every written byte ({end}), lost data"
+            ));
         }
         tally(&mut c, &v, &format!("cut at {cut}"), true, &mut problems);
     }
@@ -143,7 +154,13 @@ fn appended_zeros_and_garbage_are_harmless_or_detected() {
             b.extend_from_slice(&tail);
             damaged.files.insert(seg.clone(), b);
             let v = judge(&rec, &damaged, now);
-            tally(&mut c, &v, &format!("{n} appended bytes (garbage {garbage})"), false, &mut problems);
+            tally(
+                &mut c,
+                &v,
+                &format!("{n} appended bytes (garbage {garbage})"),
+                false,
+                &mut problems,
+            );
         }
     }
     println!("appended bytes: {c:?}");
@@ -163,11 +180,22 @@ fn every_single_bit_flip_is_detected_or_harmless() {
             let mut damaged = image.clone();
             damaged.files.insert(seg.clone(), b);
             let v = judge(&rec, &damaged, now);
-            tally(&mut c, &v, &format!("bit {bit} of byte {at}"), false, &mut problems);
+            tally(
+                &mut c,
+                &v,
+                &format!("bit {bit} of byte {at}"),
+                false,
+                &mut problems,
+            );
         }
     }
     println!("single-bit flips: {c:?} over {end} bytes");
-    assert!(problems.is_empty(), "{} problems: {:#?}", problems.len(), &problems[..problems.len().min(10)]);
+    assert!(
+        problems.is_empty(),
+        "{} problems: {:#?}",
+        problems.len(),
+        &problems[..problems.len().min(10)]
+    );
     assert!(c.detected > c.cases / 2, "{c:?}");
 }
 
@@ -194,10 +222,21 @@ fn random_overwrites_mid_file_are_detected_or_harmless() {
         // MARK_FRAME bytes written) looks exactly like a torn tail: the
         // frames it covered are cut. Anywhere else a cut is a failure.
         let hits_last_mark = at + len > end - MARK_FRAME;
-        tally(&mut c, &v, &format!("trial {trial}: {len} bytes at {at}"), hits_last_mark, &mut problems);
+        tally(
+            &mut c,
+            &v,
+            &format!("trial {trial}: {len} bytes at {at}"),
+            hits_last_mark,
+            &mut problems,
+        );
     }
     println!("random overwrites: {c:?}");
-    assert!(problems.is_empty(), "{} problems: {:#?}", problems.len(), &problems[..problems.len().min(10)]);
+    assert!(
+        problems.is_empty(),
+        "{} problems: {:#?}",
+        problems.len(),
+        &problems[..problems.len().min(10)]
+    );
 }
 
 #[test]

@@ -59,13 +59,14 @@ fn fingerprint() -> Fingerprint {
 /// function of the key, so the parent knows what an unacknowledged last
 /// step was going to be).
 fn released(key: &str) -> bool {
-    blake3::hash(key.as_bytes()).as_bytes()[2] % 5 == 0
+    blake3::hash(key.as_bytes()).as_bytes()[2].is_multiple_of(5)
 }
 
 /// The response stored for a key: derived from it, 10..=600 bytes.
 fn response(key: &str) -> Vec<u8> {
     let digest = blake3::hash(key.as_bytes());
-    let len = 10 + (u16::from_le_bytes([digest.as_bytes()[0], digest.as_bytes()[1]]) % 591) as usize;
+    let len =
+        10 + (u16::from_le_bytes([digest.as_bytes()[0], digest.as_bytes()[1]]) % 591) as usize;
     let mut out = format!("{key}:").into_bytes();
     while out.len() < len {
         out.extend_from_slice(digest.as_bytes());
@@ -105,8 +106,11 @@ fn child(dir: &str, cycle: u64) {
                                 say(&out, format!("C {}", k.key()));
                                 // A retry right away replays the same bytes.
                                 match store.reserve(&k, &fingerprint()) {
-                                    Ok(Outcome::Replay(p)) if p.response[..] == response(k.key())[..] => {}
-                                    other => say(&out, format!("BAD replay of {}: {other:?}", k.key())),
+                                    Ok(Outcome::Replay(p))
+                                        if p.response[..] == response(k.key())[..] => {}
+                                    other => {
+                                        say(&out, format!("BAD replay of {}: {other:?}", k.key()))
+                                    }
                                 }
                             }
                         }
@@ -173,7 +177,9 @@ fn check(dir: &Path, cycle: u64, acks: &Acks, fresh: bool) -> Result<(), Vec<Str
             Ok(Some(r)) if r.response().map(|b| &b[..]) == Some(&response(name)[..]) => {}
             // Expired since: only possible once the TTL has run out.
             Ok(None) if !fresh => {}
-            other => bad.push(format!("S2: acknowledged completion {name} came back as {other:?}")),
+            other => bad.push(format!(
+                "S2: acknowledged completion {name} came back as {other:?}"
+            )),
         }
     }
     for name in &acks.released {
@@ -199,11 +205,16 @@ fn check(dir: &Path, cycle: u64, acks: &Acks, fresh: bool) -> Result<(), Vec<Str
                 }
                 RecordState::Completed { response: b, .. }
                     if !released(name) && b[..] == response(name)[..] => {}
-                state => bad.push(format!("S3/S4: acquired {name} (token {token}) came back as {state:?} token {}", r.fencing_token())),
+                state => bad.push(format!(
+                    "S3/S4: acquired {name} (token {token}) came back as {state:?} token {}",
+                    r.fencing_token()
+                )),
             },
             // Released after the acknowledgement, before the child could say so.
             Ok(None) if released(name) || !fresh => {}
-            other => bad.push(format!("S3: acknowledged acquisition {name} came back as {other:?}")),
+            other => bad.push(format!(
+                "S3: acknowledged acquisition {name} came back as {other:?}"
+            )),
         }
     }
     // Keys the child may have touched without acknowledging: anything
@@ -231,7 +242,9 @@ fn check(dir: &Path, cycle: u64, acks: &Acks, fresh: bool) -> Result<(), Vec<Str
                 bad.push(format!("S6: the recovered store cannot complete: {e}"));
             }
         }
-        other => bad.push(format!("S6: the recovered store answered {other:?} for a fresh key")),
+        other => bad.push(format!(
+            "S6: the recovered store answered {other:?} for a fresh key"
+        )),
     }
     drop(store);
     if bad.is_empty() {
@@ -309,7 +322,9 @@ fn main() {
             }
         }
     }
-    let files = std::fs::read_dir(dir.path()).map(|d| d.count()).unwrap_or(0);
+    let files = std::fs::read_dir(dir.path())
+        .map(|d| d.count())
+        .unwrap_or(0);
     println!(
         "kill -9 loop: {cycles} cycles in {:.1}s: {acks_acquired} acquisitions, {acks_completed} completions, {acks_released} releases acknowledged and checked; {files} files left in the directory",
         started.elapsed().as_secs_f64()

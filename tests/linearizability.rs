@@ -33,7 +33,9 @@ const IDENTITIES: u32 = 64;
 
 fn ops_per_thread() -> usize {
     if let Ok(n) = std::env::var("IDEMLOG_LINEARIZABILITY_OPS") {
-        return n.parse().expect("IDEMLOG_LINEARIZABILITY_OPS must be a number");
+        return n
+            .parse()
+            .expect("IDEMLOG_LINEARIZABILITY_OPS must be a number");
     }
     if cfg!(debug_assertions) {
         10_000
@@ -70,7 +72,12 @@ struct Recorder<'a> {
 }
 
 impl Recorder<'_> {
-    fn record<T>(&mut self, identity: u32, run: impl FnOnce() -> T, op: impl FnOnce(&T) -> Op) -> T {
+    fn record<T>(
+        &mut self,
+        identity: u32,
+        run: impl FnOnce() -> T,
+        op: impl FnOnce(&T) -> Op,
+    ) -> T {
         let clock_invoke = self.clock.now().as_millis();
         let invoke = self.seq.fetch_add(1, Ordering::SeqCst);
         let out = run();
@@ -135,10 +142,14 @@ fn worker(store: &Store, rec: &mut Recorder<'_>, seed: u64, ops: usize) {
                 }
                 10..=12 => {
                     let (_, _, lease) = held.swap_remove(i);
-                    let _judged_by_checker = rec.record(id, || store.release_lease(&lease), |r| Op::Release {
-                        token: lease.token,
-                        result: done(r),
-                    });
+                    let _judged_by_checker = rec.record(
+                        id,
+                        || store.release_lease(&lease),
+                        |r| Op::Release {
+                            token: lease.token,
+                            result: done(r),
+                        },
+                    );
                 }
                 13..=15 => {
                     let lease = &mut held[i].2;
@@ -180,26 +191,31 @@ fn worker(store: &Store, rec: &mut Recorder<'_>, seed: u64, ops: usize) {
         };
         let key = &keys[id as usize];
         if rng.chance(1, 8) {
-            let _judged_by_checker = rec.record(id, || store.lookup(key), |r| Op::Lookup {
-                result: match r {
-                    Ok(None) => Looked::Absent,
-                    Ok(Some(record)) => {
-                        let fp = (record.fingerprint().digest() == fingerprint(1).digest()) as u8;
-                        match record.state() {
-                            RecordState::InFlight { .. } => Looked::InFlight {
-                                token: record.fencing_token(),
-                                fingerprint: fp,
-                            },
-                            RecordState::Completed { response, .. } => Looked::Completed {
-                                token: record.fencing_token(),
-                                fingerprint: fp,
-                                response: payload_id("r", response),
-                            },
+            let _judged_by_checker = rec.record(
+                id,
+                || store.lookup(key),
+                |r| Op::Lookup {
+                    result: match r {
+                        Ok(None) => Looked::Absent,
+                        Ok(Some(record)) => {
+                            let fp =
+                                (record.fingerprint().digest() == fingerprint(1).digest()) as u8;
+                            match record.state() {
+                                RecordState::InFlight { .. } => Looked::InFlight {
+                                    token: record.fencing_token(),
+                                    fingerprint: fp,
+                                },
+                                RecordState::Completed { response, .. } => Looked::Completed {
+                                    token: record.fencing_token(),
+                                    fingerprint: fp,
+                                    response: payload_id("r", response),
+                                },
+                            }
                         }
-                    }
-                    Err(e) => Looked::Failed(e.to_string()),
+                        Err(e) => Looked::Failed(e.to_string()),
+                    },
                 },
-            });
+            );
             continue;
         }
         let f = u8::from(rng.chance(1, 10));
@@ -292,10 +308,18 @@ fn assert_linearizable(name: &str, store: &Store, clock: &ManualClock, seed: u64
     let ops = ops_per_thread();
     let events = run(store, clock, ops, seed);
     // Abandoning a lease is not a store call, so it leaves no event.
-    assert!(events.len() > THREADS * ops * 9 / 10, "{} events", events.len());
+    assert!(
+        events.len() > THREADS * ops * 9 / 10,
+        "{} events",
+        events.len()
+    );
     let report = check(&events, params());
     print_report(name, &report);
-    assert!(report.violations.is_empty(), "{} violations", report.violations.len());
+    assert!(
+        report.violations.is_empty(),
+        "{} violations",
+        report.violations.len()
+    );
     // The workload must have exercised what the checker checks.
     assert!(report.takeovers > 0 && report.replays > 0 && report.conflicts > 0);
     assert!(report.stale_rejected > 0, "no stale token was ever tried");
@@ -319,7 +343,10 @@ fn durable_store_is_linearizable_per_identity() {
     let store = Store::open(dir.path(), config).expect("open");
     assert_linearizable("durable (Sync)", &store, &clock, 0xD0_4AB1E);
     let stats = store.stats();
-    println!("durable: {} syncs for {} records, {} segments", stats.syncs, stats.records_synced, stats.segments);
+    println!(
+        "durable: {} syncs for {} records, {} segments",
+        stats.syncs, stats.records_synced, stats.segments
+    );
 }
 
 // ---- The checker itself must catch violations: hand-made bad histories. ----
@@ -356,14 +383,73 @@ fn violations(events: &[Event]) -> Vec<String> {
 fn checker_accepts_a_correct_history() {
     let h = [
         ev(0, 0, 1, 0, acquired(5, 1, 20)),
-        ev(1, 2, 3, 1, Op::Reserve { fingerprint: 0, result: Reserved::InProgress }),
-        ev(2, 2, 3, 1, Op::Reserve { fingerprint: 1, result: Reserved::Conflict }),
-        ev(0, 4, 5, 2, Op::Complete { token: 5, response: 9, result: Done::Ok }),
-        ev(1, 6, 7, 3, Op::Reserve { fingerprint: 0, result: Reserved::Replay { response: 9 } }),
-        ev(1, 8, 9, 3, Op::Lookup { result: Looked::Completed { token: 5, fingerprint: 0, response: 9 } }),
+        ev(
+            1,
+            2,
+            3,
+            1,
+            Op::Reserve {
+                fingerprint: 0,
+                result: Reserved::InProgress,
+            },
+        ),
+        ev(
+            2,
+            2,
+            3,
+            1,
+            Op::Reserve {
+                fingerprint: 1,
+                result: Reserved::Conflict,
+            },
+        ),
+        ev(
+            0,
+            4,
+            5,
+            2,
+            Op::Complete {
+                token: 5,
+                response: 9,
+                result: Done::Ok,
+            },
+        ),
+        ev(
+            1,
+            6,
+            7,
+            3,
+            Op::Reserve {
+                fingerprint: 0,
+                result: Reserved::Replay { response: 9 },
+            },
+        ),
+        ev(
+            1,
+            8,
+            9,
+            3,
+            Op::Lookup {
+                result: Looked::Completed {
+                    token: 5,
+                    fingerprint: 0,
+                    response: 9,
+                },
+            },
+        ),
         // Expired at 2 + 60: a new acquisition is fine.
         ev(2, 10, 11, 70, acquired(37, 1, 90)),
-        ev(0, 12, 13, 70, Op::Complete { token: 5, response: 10, result: Done::LeaseLost }),
+        ev(
+            0,
+            12,
+            13,
+            70,
+            Op::Complete {
+                token: 5,
+                response: 10,
+                result: Done::LeaseLost,
+            },
+        ),
     ];
     let v = violations(&h);
     assert!(v.is_empty(), "{v:#?}");
@@ -384,7 +470,16 @@ fn checker_catches_a_stale_token_that_succeeds() {
     let h = [
         ev(0, 0, 1, 0, acquired(5, 1, 20)),
         ev(1, 2, 3, 25, acquired(37, 2, 45)),
-        ev(0, 4, 5, 26, Op::Extend { token: 5, result: Done::Ok }),
+        ev(
+            0,
+            4,
+            5,
+            26,
+            Op::Extend {
+                token: 5,
+                result: Done::Ok,
+            },
+        ),
     ];
     let v = violations(&h);
     assert!(v.iter().any(|m| m.contains("fencing")), "{v:#?}");
@@ -394,10 +489,39 @@ fn checker_catches_a_stale_token_that_succeeds() {
 fn checker_catches_a_replaced_response() {
     let h = [
         ev(0, 0, 1, 0, acquired(5, 1, 20)),
-        ev(0, 2, 3, 1, Op::Complete { token: 5, response: 9, result: Done::Ok }),
+        ev(
+            0,
+            2,
+            3,
+            1,
+            Op::Complete {
+                token: 5,
+                response: 9,
+                result: Done::Ok,
+            },
+        ),
         ev(1, 4, 5, 10, acquired(37, 1, 30)),
-        ev(1, 6, 7, 11, Op::Complete { token: 37, response: 10, result: Done::Ok }),
-        ev(2, 8, 9, 12, Op::Reserve { fingerprint: 0, result: Reserved::Replay { response: 10 } }),
+        ev(
+            1,
+            6,
+            7,
+            11,
+            Op::Complete {
+                token: 37,
+                response: 10,
+                result: Done::Ok,
+            },
+        ),
+        ev(
+            2,
+            8,
+            9,
+            12,
+            Op::Reserve {
+                fingerprint: 0,
+                result: Reserved::Replay { response: 10 },
+            },
+        ),
     ];
     let v = violations(&h);
     assert!(v.iter().any(|m| m.contains("exclusive")), "{v:#?}");
@@ -407,24 +531,89 @@ fn checker_catches_a_replaced_response() {
 fn checker_catches_replays_of_unknown_early_or_expired_bytes() {
     let h = [
         ev(0, 0, 1, 0, acquired(5, 1, 20)),
-        ev(1, 2, 3, 1, Op::Reserve { fingerprint: 0, result: Reserved::Replay { response: u64::MAX } }),
-        ev(1, 4, 5, 1, Op::Reserve { fingerprint: 0, result: Reserved::Replay { response: 9 } }),
-        ev(0, 6, 7, 2, Op::Complete { token: 5, response: 9, result: Done::Ok }),
-        ev(1, 8, 9, 200, Op::Reserve { fingerprint: 0, result: Reserved::Replay { response: 9 } }),
-        ev(2, 10, 11, 3, Op::Reserve { fingerprint: 1, result: Reserved::Replay { response: 9 } }),
+        ev(
+            1,
+            2,
+            3,
+            1,
+            Op::Reserve {
+                fingerprint: 0,
+                result: Reserved::Replay { response: u64::MAX },
+            },
+        ),
+        ev(
+            1,
+            4,
+            5,
+            1,
+            Op::Reserve {
+                fingerprint: 0,
+                result: Reserved::Replay { response: 9 },
+            },
+        ),
+        ev(
+            0,
+            6,
+            7,
+            2,
+            Op::Complete {
+                token: 5,
+                response: 9,
+                result: Done::Ok,
+            },
+        ),
+        ev(
+            1,
+            8,
+            9,
+            200,
+            Op::Reserve {
+                fingerprint: 0,
+                result: Reserved::Replay { response: 9 },
+            },
+        ),
+        ev(
+            2,
+            10,
+            11,
+            3,
+            Op::Reserve {
+                fingerprint: 1,
+                result: Reserved::Replay { response: 9 },
+            },
+        ),
     ];
     let v = violations(&h);
-    assert!(v.iter().any(|m| m.contains("no complete of this identity")), "{v:#?}");
-    assert!(v.iter().any(|m| m.contains("before its complete was invoked")), "{v:#?}");
+    assert!(
+        v.iter().any(|m| m.contains("no complete of this identity")),
+        "{v:#?}"
+    );
+    assert!(
+        v.iter()
+            .any(|m| m.contains("before its complete was invoked")),
+        "{v:#?}"
+    );
     assert!(v.iter().any(|m| m.contains("expired")), "{v:#?}");
-    assert!(v.iter().any(|m| m.contains("another fingerprint")), "{v:#?}");
+    assert!(
+        v.iter().any(|m| m.contains("another fingerprint")),
+        "{v:#?}"
+    );
 }
 
 #[test]
 fn checker_catches_a_conflict_with_the_same_fingerprint() {
     let h = [
         ev(0, 0, 1, 0, acquired(5, 1, 20)),
-        ev(1, 2, 3, 1, Op::Reserve { fingerprint: 0, result: Reserved::Conflict }),
+        ev(
+            1,
+            2,
+            3,
+            1,
+            Op::Reserve {
+                fingerprint: 0,
+                result: Reserved::Conflict,
+            },
+        ),
     ];
     let v = violations(&h);
     assert!(v.iter().any(|m| m.contains("conflict")), "{v:#?}");
@@ -434,15 +623,36 @@ fn checker_catches_a_conflict_with_the_same_fingerprint() {
 fn checker_catches_a_bad_takeover_and_an_invented_checkpoint() {
     let mut h = vec![
         ev(0, 0, 1, 0, acquired(5, 1, 20)),
-        ev(0, 2, 3, 1, Op::Release { token: 5, result: Done::Ok }),
+        ev(
+            0,
+            2,
+            3,
+            1,
+            Op::Release {
+                token: 5,
+                result: Done::Ok,
+            },
+        ),
         ev(1, 4, 5, 2, acquired(37, 2, 22)),
     ];
-    if let Op::Reserve { result: Reserved::Acquired { checkpoint, .. }, .. } = &mut h[2].op {
+    if let Op::Reserve {
+        result: Reserved::Acquired { checkpoint, .. },
+        ..
+    } = &mut h[2].op
+    {
         *checkpoint = Some(77);
     }
     let v = violations(&h);
-    assert!(v.iter().any(|m| m.contains("a reservation that was released")), "{v:#?}");
-    assert!(v.iter().any(|m| m.contains("which no earlier holder stored")), "{v:#?}");
+    assert!(
+        v.iter()
+            .any(|m| m.contains("a reservation that was released")),
+        "{v:#?}"
+    );
+    assert!(
+        v.iter()
+            .any(|m| m.contains("which no earlier holder stored")),
+        "{v:#?}"
+    );
 }
 
 #[test]

@@ -13,8 +13,8 @@
 //! step). The decision itself is not copied: the reservation model calls
 //! idemlog's real `decision` functions.
 //!
-//! 1. The reservation compare-and-set (`store::memory::MemoryEngine::update`
-//!    + `Shared::reserve`/`with_held` + `Counters::next_token`): under the
+//! 1. The reservation compare-and-set (`store::memory::MemoryEngine::update`,
+//!    `Shared::reserve`/`with_held`, `Counters::next_token`): under the
 //!    shard lock, read the record, decide, draw a token, store. Properties:
 //!    exactly one caller acquires; a stale holder and a taker-over never both
 //!    succeed; replays return the one stored response.
@@ -65,8 +65,16 @@ fn reserve(shard: &Shard, fp: &Fingerprint, now: Timestamp) -> Answer {
     match decision::decide(slot.as_ref(), fp, now) {
         Decision::Acquire { takeover } => {
             let token = shard.next_token.fetch_add(1, Ordering::Relaxed);
-            let record =
-                decision::acquired_record(slot.as_ref(), takeover, &key(), fp, now, LEASE, TTL, token);
+            let record = decision::acquired_record(
+                slot.as_ref(),
+                takeover,
+                &key(),
+                fp,
+                now,
+                LEASE,
+                TTL,
+                token,
+            );
             *slot = Some(record);
             Answer::Acquired(token)
         }
@@ -104,7 +112,7 @@ fn concurrent_reservations_acquire_exactly_once_and_replay_its_response() {
         let now = Timestamp::from_millis(1_000);
         let handles: Vec<_> = (0..3)
             .map(|i| {
-                let (shard, fp) = (Arc::clone(&shard), fp.clone());
+                let shard = Arc::clone(&shard);
                 thread::spawn(move || {
                     let answer = reserve(&shard, &fp, now);
                     if let Answer::Acquired(token) = answer {
@@ -116,13 +124,18 @@ fn concurrent_reservations_acquire_exactly_once_and_replay_its_response() {
                 })
             })
             .collect();
-        let results: Vec<_> = handles.into_iter().map(|h| h.join().expect("thread")).collect();
+        let results: Vec<_> = handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect();
         let winners: Vec<_> = results.iter().filter_map(|(_, r)| *r).collect();
         assert_eq!(winners.len(), 1, "exactly one acquisition: {results:?}");
         for (answer, _) in &results {
             match answer {
                 Answer::Acquired(_) | Answer::InProgress => {}
-                Answer::Replay(bytes) => assert_eq!(&bytes[..], winners[0], "replayed another response"),
+                Answer::Replay(bytes) => {
+                    assert_eq!(&bytes[..], winners[0], "replayed another response")
+                }
                 Answer::Conflict => panic!("same fingerprint answered Conflict"),
             }
         }
@@ -146,15 +159,24 @@ fn a_stale_holder_and_a_taker_over_never_both_succeed() {
         };
         let takers: Vec<_> = (0..2)
             .map(|_| {
-                let (shard, fp) = (Arc::clone(&shard), fp.clone());
+                let shard = Arc::clone(&shard);
                 thread::spawn(move || reserve(&shard, &fp, late))
             })
             .collect();
         let stale_ok = stale.join().expect("thread");
-        let answers: Vec<_> = takers.into_iter().map(|t| t.join().expect("thread")).collect();
-        let acquired = answers.iter().filter(|a| matches!(a, Answer::Acquired(_))).count();
+        let answers: Vec<_> = takers
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .collect();
+        let acquired = answers
+            .iter()
+            .filter(|a| matches!(a, Answer::Acquired(_)))
+            .count();
         assert!(acquired <= 1, "two takeovers: {answers:?}");
-        assert!(!(stale_ok && acquired == 1), "the stale holder completed after a takeover: {answers:?}");
+        assert!(
+            !(stale_ok && acquired == 1),
+            "the stale holder completed after a takeover: {answers:?}"
+        );
         if stale_ok {
             for a in &answers {
                 assert_eq!(a, &Answer::Replay(Bytes::from_static(b"late result")));
@@ -227,7 +249,9 @@ impl Log {
             let mut t = self.tail.lock().expect("tail");
             (std::mem::take(&mut t.0), t.1)
         };
-        if frames.is_empty() && self.written.load(Ordering::Acquire) <= self.durable.load(Ordering::Acquire) {
+        if frames.is_empty()
+            && self.written.load(Ordering::Acquire) <= self.durable.load(Ordering::Acquire)
+        {
             return;
         }
         self.disk.lock().expect("disk").0.extend(frames);

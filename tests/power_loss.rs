@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use idemlog::{Error, ManualClock, Outcome, Timestamp};
 use script::{allowed, reopen, Recording, Seen, View};
-use simfs::{Damage, Image, SimFs, SnapshotAt, Snapshot};
+use simfs::{Damage, Image, SimFs, Snapshot, SnapshotAt};
 
 const DIR: &str = "/data";
 const OPS: usize = 500;
@@ -94,9 +94,9 @@ fn check_image(
     let (store, _clock, got) = match reopen(Path::new(DIR), Arc::new(fs.clone()), now) {
         Ok(x) => x,
         Err(e) => {
-            tally
-                .violations
-                .push(format!("{what}: recovery after {acked} acknowledged ops failed: {e}"));
+            tally.violations.push(format!(
+                "{what}: recovery after {acked} acknowledged ops failed: {e}"
+            ));
             return Vec::new();
         }
     };
@@ -180,7 +180,13 @@ fn exercise_recovered(
     }
 }
 
-fn crash_all(rec: &Recording, snaps: &[Snapshot], per_point: usize, recovery_every: usize, tally: &mut Tally) {
+fn crash_all(
+    rec: &Recording,
+    snaps: &[Snapshot],
+    per_point: usize,
+    recovery_every: usize,
+    tally: &mut Tally,
+) {
     let mut seen = HashSet::new();
     for (p, snap) in snaps.iter().enumerate() {
         tally.crash_points += 1;
@@ -194,15 +200,21 @@ fn crash_all(rec: &Recording, snaps: &[Snapshot], per_point: usize, recovery_eve
             tally.distinct_images += 1;
             let what = format!("crash point {p} ({:?}), damage {v} {damage:?}", snap.step);
             let exercise = v % 4 == 0;
-            let again = recovery_every > 0 && tally.distinct_images % recovery_every == 0;
+            let again = recovery_every > 0 && tally.distinct_images.is_multiple_of(recovery_every);
             let recovery_snaps = check_image(rec, acked, &image, &what, exercise, again, tally);
             // A second crash at each step of the recovery.
             for (q, rsnap) in recovery_snaps.iter().enumerate() {
-                for (w, d) in Damage::variants(3, (p * 1000 + q) as u64).iter().enumerate() {
+                for (w, d) in Damage::variants(3, (p * 1000 + q) as u64)
+                    .iter()
+                    .enumerate()
+                {
                     let image = rsnap.damage(d);
                     tally.crash_states += 1;
                     tally.recovery_crash_states += 1;
-                    let what = format!("{what}, then recovery step {q} ({:?}) damage {w}", rsnap.step);
+                    let what = format!(
+                        "{what}, then recovery step {q} ({:?}) damage {w}",
+                        rsnap.step
+                    );
                     check_image(rec, acked, &image, &what, false, false, tally);
                 }
             }
@@ -235,7 +247,11 @@ fn power_loss_at_every_sync_recovers_every_acknowledged_operation() {
     let mut tally = Tally::default();
     crash_all(&rec, &snaps, variants(), 50, &mut tally);
     report("power loss at every sync", &tally);
-    assert!(tally.violations.is_empty(), "{} violations", tally.violations.len());
+    assert!(
+        tally.violations.is_empty(),
+        "{} violations",
+        tally.violations.len()
+    );
     assert!(tally.recovery_crash_states > 0);
 }
 
@@ -243,13 +259,22 @@ fn power_loss_at_every_sync_recovers_every_acknowledged_operation() {
 fn crash_at_every_step_of_writes_rolls_and_reclamation() {
     let (rec, snaps) = record(SnapshotAt::EveryStep, 0xBADD1E);
     let steps: HashSet<_> = snaps.iter().map(|s| format!("{:?}", s.step)).collect();
-    for step in ["Write", "Sync", "Create", "Rename", "Remove", "SyncDir", "Allocate"] {
-        assert!(steps.contains(step), "the workload never reached a {step} step: {steps:?}");
+    for step in [
+        "Write", "Sync", "Create", "Rename", "Remove", "SyncDir", "Allocate",
+    ] {
+        assert!(
+            steps.contains(step),
+            "the workload never reached a {step} step: {steps:?}"
+        );
     }
     let mut tally = Tally::default();
     crash_all(&rec, &snaps, 12, 25, &mut tally);
     report("crash at every step", &tally);
-    assert!(tally.violations.is_empty(), "{} violations", tally.violations.len());
+    assert!(
+        tally.violations.is_empty(),
+        "{} violations",
+        tally.violations.len()
+    );
 }
 
 #[test]
@@ -265,24 +290,52 @@ fn simfs_damage_is_what_it_claims() {
     fs.rename(Path::new("/d/a"), Path::new("/d/b")).unwrap();
     let snap = fs.snapshot_now(simfs::Step::Sync);
     assert_eq!(snap.pending(), (1, 1));
-    let keep = snap.damage(&Damage { block: 512, keep: 100, garbage: 0, namespace_prefix: Some(9), seed: 1 });
+    let keep = snap.damage(&Damage {
+        block: 512,
+        keep: 100,
+        garbage: 0,
+        namespace_prefix: Some(9),
+        seed: 1,
+    });
     assert_eq!(keep.files.len(), 1);
     let b = &keep.files[Path::new("/d/b")];
     assert_eq!((&b[..6], b.len()), (&b"synced"[..], 1006));
-    let lose = snap.damage(&Damage { block: 512, keep: 0, garbage: 0, namespace_prefix: Some(0), seed: 1 });
+    let lose = snap.damage(&Damage {
+        block: 512,
+        keep: 0,
+        garbage: 0,
+        namespace_prefix: Some(0),
+        seed: 1,
+    });
     assert_eq!(lose.files[Path::new("/d/a")], b"synced");
-    let junk = snap.damage(&Damage { block: 512, keep: 0, garbage: 100, namespace_prefix: Some(0), seed: 1 });
+    let junk = snap.damage(&Damage {
+        block: 512,
+        keep: 0,
+        garbage: 100,
+        namespace_prefix: Some(0),
+        seed: 1,
+    });
     let a = &junk.files[Path::new("/d/a")];
-    assert_eq!(&a[..6], b"synced", "garbage never touches synced bytes outside the write");
+    assert_eq!(
+        &a[..6],
+        b"synced",
+        "garbage never touches synced bytes outside the write"
+    );
     assert_ne!(&a[6..], &[7u8; 1000][..]);
     // Faults: the 2nd counted operation fails once.
-    fs.set_fault(Some(simfs::Fault { nth: 2, errno: 28, persistent: false, syncs_only: false }));
+    fs.set_fault(Some(simfs::Fault {
+        nth: 2,
+        errno: 28,
+        persistent: false,
+        syncs_only: false,
+    }));
     assert!(f.write_all_at(b"x", 0).is_ok());
     let e = f.sync_data().unwrap_err();
     assert_eq!(e.raw_os_error(), Some(28));
     assert!(f.sync_data().is_ok());
     fs.freeze();
     assert!(f.write_all_at(b"x", 0).is_err());
-    let _ = Error::Poisoned { cause: String::new() };
+    let _ = Error::Poisoned {
+        cause: String::new(),
+    };
 }
-

@@ -29,7 +29,8 @@ fn a_directory_with_several_segments_reopens_with_every_record() {
         let Outcome::Acquired(r) = store.reserve(&key, &fp).expect("reserve") else {
             panic!("fresh key")
         };
-        r.complete(vec![b'a' + (i % 26) as u8; 200]).expect("complete");
+        r.complete(vec![b'a' + (i % 26) as u8; 200])
+            .expect("complete");
     }
     assert!(store.stats().segments >= 3, "{:?}", store.stats());
     drop(store);

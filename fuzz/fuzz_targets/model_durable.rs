@@ -30,7 +30,10 @@ use std::time::Duration;
 use arbitrary::Arbitrary;
 use idemlog::{Clock, ManualClock, Record, Store, Timestamp};
 use libfuzzer_sys::fuzz_target;
-use model::{apply, compare_all, from_record, key, model_maintain, model_reboot, step_identity, Model, ModelRecord, Step};
+use model::{
+    apply, compare_all, from_record, key, model_maintain, model_reboot, step_identity, Model,
+    ModelRecord, Step,
+};
 use simfs::{Fault, SimFs};
 
 #[derive(Debug, Arbitrary)]
@@ -65,7 +68,12 @@ fn reboot(store: Store, fs: &SimFs, crash: bool) -> SimFs {
 }
 
 /// Whether `got` is a state the failed `step` could have left, from `before`.
-fn could_follow(step: &Step, before: Option<&ModelRecord>, got: Option<&ModelRecord>, last_token: u64) -> bool {
+fn could_follow(
+    step: &Step,
+    before: Option<&ModelRecord>,
+    got: Option<&ModelRecord>,
+    last_token: u64,
+) -> bool {
     match (step, got) {
         (Step::Reserve { body, .. }, Some(g)) => {
             g.in_flight_until.is_some()
@@ -75,11 +83,15 @@ fn could_follow(step: &Step, before: Option<&ModelRecord>, got: Option<&ModelRec
         }
         (Step::Complete { response, len, .. }, Some(g)) => {
             let bytes = vec![*response; usize::from(len % (model::MAX_RESPONSE as u8 + 4))];
-            before.is_some_and(|b| b.token == g.token) && g.completed.as_ref().is_some_and(|(_, r)| *r == bytes)
+            before.is_some_and(|b| b.token == g.token)
+                && g.completed.as_ref().is_some_and(|(_, r)| *r == bytes)
         }
         (Step::Release { .. }, None) => true,
         (Step::Extend { .. }, Some(g)) => before.is_some_and(|b| {
-            b.token == g.token && b.body == g.body && b.checkpoint == g.checkpoint && g.in_flight_until.is_some()
+            b.token == g.token
+                && b.body == g.body
+                && b.checkpoint == g.checkpoint
+                && g.in_flight_until.is_some()
         }),
         (Step::Checkpoint { byte, len, .. }, Some(g)) => before.is_some_and(|b| {
             let bytes = vec![*byte; usize::from(len % (model::MAX_CHECKPOINT as u8 + 3))];
@@ -149,7 +161,10 @@ fuzz_target!(|actions: Vec<Action>| {
                     let got: Option<Record> = s.lookup(&key(ident)).expect("lookup after reboot");
                     let got_m = got.as_ref().map(from_record);
                     let want = m.records.get(&ident).filter(|r| now < r.expires_at);
-                    if failed && Some(ident) == id && !matches!(step, Step::Maintenance | Step::Lookup { .. }) {
+                    if failed
+                        && Some(ident) == id
+                        && !matches!(step, Step::Maintenance | Step::Lookup { .. })
+                    {
                         let last = m.last_token.get(&ident).copied().unwrap_or(0);
                         let unchanged = got_m.as_ref() == want;
                         assert!(

@@ -29,12 +29,20 @@ fuzz_target!(|steps: Vec<Step>| {
     for step in steps.iter().take(256) {
         let now = clock.now().as_millis();
         match step {
-            model::Step::Advance { ms } => clock.advance(Duration::from_millis(u64::from(*ms % 300))),
+            model::Step::Advance { ms } => {
+                clock.advance(Duration::from_millis(u64::from(*ms % 300)))
+            }
             model::Step::Maintenance => {
                 let report = store.run_maintenance().expect("maintenance in memory");
-                assert_eq!(report.expired, model_maintain(&mut m, now), "records expired by maintenance");
+                assert_eq!(
+                    report.expired,
+                    model_maintain(&mut m, now),
+                    "records expired by maintenance"
+                );
             }
-            _ => apply(&store, &mut m, &mut held, step, now).expect("the in-memory store has no I/O"),
+            _ => {
+                apply(&store, &mut m, &mut held, step, now).expect("the in-memory store has no I/O")
+            }
         }
     }
     compare_all(&store, &m, clock.now().as_millis(), true);

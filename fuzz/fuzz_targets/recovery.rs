@@ -40,13 +40,22 @@ fuzz_target!(|files: Vec<File>| {
     for f in files.iter().take(6) {
         let (name, id) = match f.name {
             Name::Segment(i) => (format!("{:08x}.seg", u32::from(i % 4)), u32::from(i % 4)),
-            Name::Temp(i) => (format!("{:08x}.seg.tmp", u32::from(i % 4)), u32::from(i % 4)),
+            Name::Temp(i) => (
+                format!("{:08x}.seg.tmp", u32::from(i % 4)),
+                u32::from(i % 4),
+            ),
             Name::Lock => ("LOCK".to_string(), 0),
             Name::Other(i) => (format!("other-{i}"), 0),
         };
-        let mut bytes = if f.header { durable::segment_header(id) } else { Vec::new() };
+        let mut bytes = if f.header {
+            durable::segment_header(id)
+        } else {
+            Vec::new()
+        };
         bytes.extend_from_slice(&f.bytes);
-        image.files.insert(PathBuf::from(durable::DIR).join(name), bytes);
+        image
+            .files
+            .insert(PathBuf::from(durable::DIR).join(name), bytes);
     }
     durable::open_and_probe(Arc::new(simfs::SimFs::from_image(&image)));
 });

@@ -53,7 +53,9 @@ pub enum Reserved {
         checkpoint: Option<u64>,
     },
     /// Id of the replayed response (`u64::MAX`: bytes no call wrote).
-    Replay { response: u64 },
+    Replay {
+        response: u64,
+    },
     InProgress,
     Conflict,
     Failed(String),
@@ -71,20 +73,46 @@ pub enum Done {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Looked {
     Absent,
-    InFlight { token: u64, fingerprint: u8 },
-    Completed { token: u64, fingerprint: u8, response: u64 },
+    InFlight {
+        token: u64,
+        fingerprint: u8,
+    },
+    Completed {
+        token: u64,
+        fingerprint: u8,
+        response: u64,
+    },
     Failed(String),
 }
 
 /// One operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    Reserve { fingerprint: u8, result: Reserved },
-    Complete { token: u64, response: u64, result: Done },
-    Release { token: u64, result: Done },
-    Extend { token: u64, result: Done },
-    Checkpoint { token: u64, checkpoint: u64, result: Done },
-    Lookup { result: Looked },
+    Reserve {
+        fingerprint: u8,
+        result: Reserved,
+    },
+    Complete {
+        token: u64,
+        response: u64,
+        result: Done,
+    },
+    Release {
+        token: u64,
+        result: Done,
+    },
+    Extend {
+        token: u64,
+        result: Done,
+    },
+    Checkpoint {
+        token: u64,
+        checkpoint: u64,
+        result: Done,
+    },
+    Lookup {
+        result: Looked,
+    },
 }
 
 /// One operation with its real-time interval and clock bounds.
@@ -141,7 +169,13 @@ pub fn payload_id(kind: &str, bytes: &[u8]) -> u64 {
         return u64::MAX;
     };
     match id.parse::<u64>() {
-        Ok(id) if k == kind && payload(kind, id).len() == bytes.len() && pad.bytes().all(|b| b == b'.') => id,
+        Ok(id)
+            if k == kind
+                && payload(kind, id).len() == bytes.len()
+                && pad.bytes().all(|b| b == b'.') =>
+        {
+            id
+        }
         _ => u64::MAX,
     }
 }
@@ -249,7 +283,9 @@ fn check_identity(id: u32, evs: &[&Event], p: Params, report: &mut Report) {
                 result,
             } => {
                 if completes.insert(*response, e).is_some() {
-                    v.push(format!("response id {response} stored twice by the workload"));
+                    v.push(format!(
+                        "response id {response} stored twice by the workload"
+                    ));
                 }
                 if *result == Done::Ok {
                     report.completes_ok += 1;
@@ -263,11 +299,9 @@ fn check_identity(id: u32, evs: &[&Event], p: Params, report: &mut Report) {
             Op::Checkpoint {
                 token,
                 checkpoint,
-                result,
+                result: Done::Ok,
             } => {
-                if *result == Done::Ok {
-                    checkpoints.insert(*checkpoint, (e, *token));
-                }
+                checkpoints.insert(*checkpoint, (e, *token));
             }
             _ => {}
         }
@@ -365,7 +399,8 @@ fn check_identity(id: u32, evs: &[&Event], p: Params, report: &mut Report) {
         ));
     }
 
-    let finished_before = |token: u64, instant: u64| ends.get(&token).is_some_and(|e| e.ev.ret < instant);
+    let finished_before =
+        |token: u64, instant: u64| ends.get(&token).is_some_and(|e| e.ev.ret < instant);
     // Acquisitions that may hold the record at some point during `e`: the
     // last one certainly before it, and every one overlapping it.
     let candidates = |e: &Event| -> Vec<Acq<'_>> {
@@ -374,7 +409,9 @@ fn check_identity(id: u32, evs: &[&Event], p: Params, report: &mut Report) {
             .iter()
             .filter(|a| {
                 Some(a.token) == last
-                    || (a.ev.invoke < e.ret && a.ev.ret > e.invoke && last.is_none_or(|m| a.token > m))
+                    || (a.ev.invoke < e.ret
+                        && a.ev.ret > e.invoke
+                        && last.is_none_or(|m| a.token > m))
             })
             .copied()
             .collect()
@@ -382,18 +419,33 @@ fn check_identity(id: u32, evs: &[&Event], p: Params, report: &mut Report) {
 
     for &e in evs {
         match &e.op {
-            Op::Reserve { fingerprint, result } => match result {
+            Op::Reserve {
+                fingerprint,
+                result,
+            } => match result {
                 Reserved::Acquired { .. } => {}
                 Reserved::Failed(why) => v.push(format!("reserve failed: {why} in {e:?}")),
                 Reserved::Replay { response } => {
                     report.replays += 1;
-                    check_replay(e, *fingerprint, *response, &completes, &by_token, &returned, p, &mut v);
+                    check_replay(
+                        e,
+                        *fingerprint,
+                        *response,
+                        &completes,
+                        &by_token,
+                        &returned,
+                        p,
+                        &mut v,
+                    );
                 }
                 Reserved::Conflict => {
                     report.conflicts += 1;
-                    let ok = candidates(e)
-                        .iter()
-                        .any(|a| a.fingerprint != *fingerprint && !(ends.get(&a.token).is_some_and(|x| !x.completed && x.ev.ret < e.invoke)));
+                    let ok = candidates(e).iter().any(|a| {
+                        a.fingerprint != *fingerprint
+                            && !(ends
+                                .get(&a.token)
+                                .is_some_and(|x| !x.completed && x.ev.ret < e.invoke))
+                    });
                     if !ok {
                         v.push(format!(
                             "conflict: {e:?} answered Conflict but no record with another fingerprint could be current"
@@ -401,9 +453,9 @@ fn check_identity(id: u32, evs: &[&Event], p: Params, report: &mut Report) {
                     }
                 }
                 Reserved::InProgress => {
-                    let ok = candidates(e)
-                        .iter()
-                        .any(|a| a.fingerprint == *fingerprint && !finished_before(a.token, e.invoke));
+                    let ok = candidates(e).iter().any(|a| {
+                        a.fingerprint == *fingerprint && !finished_before(a.token, e.invoke)
+                    });
                     if !ok {
                         v.push(format!(
                             "in_progress: {e:?} answered InProgress but no unfinished reservation of its fingerprint could be current"
@@ -419,7 +471,9 @@ fn check_identity(id: u32, evs: &[&Event], p: Params, report: &mut Report) {
                 Done::LeaseLost => report.stale_rejected += 1,
                 Done::Ok => {
                     if !by_token.contains_key(token) {
-                        v.push(format!("fencing: {e:?} succeeded with a token never handed out"));
+                        v.push(format!(
+                            "fencing: {e:?} succeeded with a token never handed out"
+                        ));
                     }
                     if let Some(m) = returned.max_before(e.invoke) {
                         if m > *token {
@@ -444,13 +498,17 @@ fn check_identity(id: u32, evs: &[&Event], p: Params, report: &mut Report) {
                 Looked::InFlight { token, fingerprint } => {
                     match by_token.get(token) {
                         Some(a) if a.ev.invoke < e.ret && a.fingerprint == *fingerprint => {}
-                        _ => v.push(format!("lookup: {e:?} shows a token or fingerprint no acquisition had")),
+                        _ => v.push(format!(
+                            "lookup: {e:?} shows a token or fingerprint no acquisition had"
+                        )),
                     }
                     if returned.max_before(e.invoke).is_some_and(|m| m > *token) {
                         v.push(format!("lookup: {e:?} shows a superseded token"));
                     }
                     if finished_before(*token, e.invoke) {
-                        v.push(format!("lookup: {e:?} shows in flight a reservation already finished"));
+                        v.push(format!(
+                            "lookup: {e:?} shows in flight a reservation already finished"
+                        ));
                     }
                 }
                 Looked::Completed {
@@ -458,9 +516,22 @@ fn check_identity(id: u32, evs: &[&Event], p: Params, report: &mut Report) {
                     fingerprint,
                     response,
                 } => {
-                    check_replay(e, *fingerprint, *response, &completes, &by_token, &returned, p, &mut v);
-                    if completes.get(response).is_some_and(|c| !matches!(&c.op, Op::Complete { token: t, .. } if t == token)) {
-                        v.push(format!("lookup: {e:?} shows the response under another token"));
+                    check_replay(
+                        e,
+                        *fingerprint,
+                        *response,
+                        &completes,
+                        &by_token,
+                        &returned,
+                        p,
+                        &mut v,
+                    );
+                    if completes.get(response).is_some_and(
+                        |c| !matches!(&c.op, Op::Complete { token: t, .. } if t == token),
+                    ) {
+                        v.push(format!(
+                            "lookup: {e:?} shows the response under another token"
+                        ));
                     }
                 }
             },
@@ -471,7 +542,13 @@ fn check_identity(id: u32, evs: &[&Event], p: Params, report: &mut Report) {
     }
 }
 
-fn record_end<'a>(ends: &mut HashMap<u64, End<'a>>, token: u64, e: &'a Event, completed: bool, v: &mut Vec<String>) {
+fn record_end<'a>(
+    ends: &mut HashMap<u64, End<'a>>,
+    token: u64,
+    e: &'a Event,
+    completed: bool,
+    v: &mut Vec<String>,
+) {
     if let Some(prev) = ends.insert(token, End { ev: e, completed }) {
         v.push(format!(
             "fencing: token {token} finished twice: {:?} and {e:?}",
@@ -496,25 +573,41 @@ fn check_replay(
     v: &mut Vec<String>,
 ) {
     let Some(c) = completes.get(&response) else {
-        v.push(format!("replay: {e:?} returned bytes that no complete of this identity stored"));
+        v.push(format!(
+            "replay: {e:?} returned bytes that no complete of this identity stored"
+        ));
         return;
     };
     let Op::Complete { token, result, .. } = &c.op else {
         return;
     };
     if *result != Done::Ok {
-        v.push(format!("replay: {e:?} returned the response of a complete that failed: {c:?}"));
+        v.push(format!(
+            "replay: {e:?} returned the response of a complete that failed: {c:?}"
+        ));
     }
     if c.invoke >= e.ret {
-        v.push(format!("replay: {e:?} returned a response before its complete was invoked: {c:?}"));
+        v.push(format!(
+            "replay: {e:?} returned a response before its complete was invoked: {c:?}"
+        ));
     }
-    if by_token.get(token).is_none_or(|a| a.fingerprint != fingerprint) {
-        v.push(format!("replay: {e:?} returned the response of another fingerprint's request"));
+    if by_token
+        .get(token)
+        .is_none_or(|a| a.fingerprint != fingerprint)
+    {
+        v.push(format!(
+            "replay: {e:?} returned the response of another fingerprint's request"
+        ));
     }
     if e.clock_invoke >= c.clock_ret + p.ttl_ms {
-        v.push(format!("replay: {e:?} returned a response expired since clock {}", c.clock_ret + p.ttl_ms));
+        v.push(format!(
+            "replay: {e:?} returned a response expired since clock {}",
+            c.clock_ret + p.ttl_ms
+        ));
     }
     if returned.max_before(e.invoke).is_some_and(|m| m > *token) {
-        v.push(format!("replay: {e:?} returned a response replaced by a newer acquisition"));
+        v.push(format!(
+            "replay: {e:?} returned a response replaced by a newer acquisition"
+        ));
     }
 }

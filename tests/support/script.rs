@@ -80,14 +80,14 @@ pub fn view(store: &Store) -> idemlog::Result<View> {
             let seen = match r.state() {
                 RecordState::InFlight { .. } => Seen::InFlight {
                     token: r.fencing_token(),
-                    fingerprint: r.fingerprint().clone(),
+                    fingerprint: *r.fingerprint(),
                     attempts: r.attempts(),
                     checkpoint: r.checkpoint().cloned(),
                     expires_at: r.expires_at(),
                 },
                 RecordState::Completed { response, .. } => Seen::Completed {
                     token: r.fencing_token(),
-                    fingerprint: r.fingerprint().clone(),
+                    fingerprint: *r.fingerprint(),
                     attempts: r.attempts(),
                     response: response.clone(),
                     expires_at: r.expires_at(),
@@ -123,7 +123,13 @@ pub struct Recording {
 }
 
 /// Runs `ops` scripted operations on `store`; bumps `ack` after each.
-pub fn run(store: &Store, clock: &ManualClock, ack: &Arc<AtomicU64>, ops: usize, seed: u64) -> Recording {
+pub fn run(
+    store: &Store,
+    clock: &ManualClock,
+    ack: &Arc<AtomicU64>,
+    ops: usize,
+    seed: u64,
+) -> Recording {
     let mut rng = Rng::new(seed);
     let mut held: BTreeMap<u8, Lease> = BTreeMap::new();
     let mut rec = Recording {

@@ -35,6 +35,8 @@ use parking_lot::Mutex;
 use super::rng::Rng;
 
 type Ino = u64;
+/// Unsynced writes of one file, in order: (offset, bytes).
+type Pending = Vec<(u64, Vec<u8>)>;
 
 /// One file's contents: what is durable, what reads see, and the unsynced
 /// writes between them.
@@ -42,7 +44,7 @@ type Ino = u64;
 struct Inode {
     synced: Vec<u8>,
     data: Vec<u8>,
-    pending: Vec<(u64, Vec<u8>)>,
+    pending: Pending,
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +104,8 @@ struct State {
     counted: u64,
     failing: bool,
     faults_hit: u64,
+    first_fault: Option<Step>,
+    fail_next: Option<(Step, i32)>,
     /// After `freeze`, every operation fails: the process is "dead".
     frozen: bool,
 }
@@ -130,7 +134,7 @@ pub struct Snapshot {
     dirs: BTreeSet<PathBuf>,
     durable_names: BTreeMap<PathBuf, Ino>,
     pending_ns: Vec<NsOp>,
-    inodes: BTreeMap<Ino, (Vec<u8>, Vec<(u64, Vec<u8>)>)>,
+    inodes: BTreeMap<Ino, (Vec<u8>, Pending)>,
 }
 
 /// How a crash treats what was not synced.
@@ -153,10 +157,34 @@ impl Damage {
     /// either block size).
     pub fn variants(n: usize, seed: u64) -> Vec<Damage> {
         let mut out = vec![
-            Damage { block: 512, keep: 100, garbage: 0, namespace_prefix: Some(usize::MAX), seed },
-            Damage { block: 512, keep: 0, garbage: 0, namespace_prefix: Some(0), seed },
-            Damage { block: 512, keep: 0, garbage: 100, namespace_prefix: Some(usize::MAX), seed },
-            Damage { block: 4096, keep: 0, garbage: 100, namespace_prefix: None, seed },
+            Damage {
+                block: 512,
+                keep: 100,
+                garbage: 0,
+                namespace_prefix: Some(usize::MAX),
+                seed,
+            },
+            Damage {
+                block: 512,
+                keep: 0,
+                garbage: 0,
+                namespace_prefix: Some(0),
+                seed,
+            },
+            Damage {
+                block: 512,
+                keep: 0,
+                garbage: 100,
+                namespace_prefix: Some(usize::MAX),
+                seed,
+            },
+            Damage {
+                block: 4096,
+                keep: 0,
+                garbage: 100,
+                namespace_prefix: None,
+                seed,
+            },
         ];
         let mut rng = Rng::new(seed);
         while out.len() < n {
@@ -190,7 +218,9 @@ impl Snapshot {
         }
         let mut files = BTreeMap::new();
         for (path, ino) in &names {
-            let Some((synced, pending)) = self.inodes.get(ino) else { continue };
+            let Some((synced, pending)) = self.inodes.get(ino) else {
+                continue;
+            };
             let mut bytes = synced.clone();
             for (offset, data) in pending {
                 let end = offset + data.len() as u64;
@@ -314,6 +344,17 @@ impl SimFs {
         s.counted = 0;
         s.failing = false;
         s.faults_hit = 0;
+        s.first_fault = None;
+    }
+
+    /// Fails the next operation of kind `step` once with `errno`.
+    pub fn fail_next(&self, step: Step, errno: i32) {
+        self.state.lock().fail_next = Some((step, errno));
+    }
+
+    /// The step the first injected failure hit.
+    pub fn first_fault(&self) -> Option<Step> {
+        self.state.lock().first_fault
     }
 
     /// How many operations failed on purpose so far.
@@ -363,6 +404,14 @@ impl SimFs {
         if s.frozen {
             return Err(errno(5));
         }
+        if let (Some(step), Some((target, e))) = (step, s.fail_next) {
+            if step == target {
+                s.fail_next = None;
+                s.faults_hit += 1;
+                s.first_fault.get_or_insert(step);
+                return Err(errno(e));
+            }
+        }
         if let Some(f) = s.fault {
             let counts = match step {
                 Some(Step::Sync | Step::SyncDir) => true,
@@ -374,6 +423,9 @@ impl SimFs {
                 if s.counted == f.nth || (s.failing && f.persistent) {
                     s.failing = true;
                     s.faults_hit += 1;
+                    if s.first_fault.is_none() {
+                        s.first_fault = step;
+                    }
                     return Err(errno(f.errno));
                 }
             }
@@ -423,7 +475,10 @@ fn parent_exists(s: &State, path: &Path) -> bool {
 }
 
 fn not_found(path: &Path) -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, format!("{} not found", path.display()))
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{} not found", path.display()),
+    )
 }
 
 struct SimFile {
@@ -442,9 +497,12 @@ impl FileHandle for SimFile {
         let mut s = self.fs.state.lock();
         self.fs.enter(&mut s, None)?;
         let data = &s.inodes[&self.ino].data;
-        let end = offset.checked_add(buf.len() as u64).unwrap_or(u64::MAX);
+        let end = offset.saturating_add(buf.len() as u64);
         if end > data.len() as u64 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past the end",
+            ));
         }
         buf.copy_from_slice(&data[offset as usize..end as usize]);
         Ok(())
@@ -504,7 +562,10 @@ impl FileSystem for SimFs {
         let mut s = self.state.lock();
         self.enter(&mut s, None)?;
         if s.names.contains_key(dir) {
-            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "a file is in the way"));
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "a file is in the way",
+            ));
         }
         for a in dir.ancestors() {
             if !a.as_os_str().is_empty() {

@@ -6,7 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use idemlog::{Config, Durability, Fingerprint, IdempotencyKey, ManualClock, Outcome, RecordState, Store, Timestamp};
+use idemlog::{
+    Config, Durability, Fingerprint, IdempotencyKey, ManualClock, Outcome, RecordState, Store,
+    Timestamp,
+};
 
 pub const DIR: &str = "/data";
 
@@ -91,6 +94,9 @@ pub fn open_and_probe(fs: Arc<dyn idemlog::fs::FileSystem>) {
     }
     drop(store);
     let store = Store::open_with_fs(DIR, config(&clock), fs).expect("reopen after a clean close");
-    let r = store.lookup(&probe).expect("lookup").expect("the probe survives a clean close");
+    let r = store
+        .lookup(&probe)
+        .expect("lookup")
+        .expect("the probe survives a clean close");
     assert_eq!(r.response().map(|b| &b[..]), Some(&b"probe"[..]));
 }

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
-use idemlog::{Bytes, Error, Fingerprint, IdempotencyKey, Lease, Outcome, Record, RecordState, Store};
+use idemlog::{
+    Bytes, Error, Fingerprint, IdempotencyKey, Lease, Outcome, Record, RecordState, Store,
+};
 
 pub const KEYS: u8 = 4;
 pub const SCOPES: u8 = 2;
@@ -25,13 +27,35 @@ const MAX_HELD: usize = 12;
 /// One step of a fuzzed sequence.
 #[derive(Debug, Clone, Arbitrary)]
 pub enum Step {
-    Reserve { identity: u8, body: u8, lease: Option<u8>, ttl: Option<u8> },
-    Complete { lease: u8, response: u8, len: u8 },
-    Release { lease: u8 },
-    Extend { lease: u8, ms: u8 },
-    Checkpoint { lease: u8, byte: u8, len: u8 },
-    Lookup { identity: u8 },
-    Advance { ms: u16 },
+    Reserve {
+        identity: u8,
+        body: u8,
+        lease: Option<u8>,
+        ttl: Option<u8>,
+    },
+    Complete {
+        lease: u8,
+        response: u8,
+        len: u8,
+    },
+    Release {
+        lease: u8,
+    },
+    Extend {
+        lease: u8,
+        ms: u8,
+    },
+    Checkpoint {
+        lease: u8,
+        byte: u8,
+        len: u8,
+    },
+    Lookup {
+        identity: u8,
+    },
+    Advance {
+        ms: u16,
+    },
     Maintenance,
 }
 
@@ -85,7 +109,10 @@ pub struct Held {
 pub fn is_storage_failure(e: &Error) -> bool {
     matches!(
         e,
-        Error::Io { .. } | Error::Poisoned { .. } | Error::Corrupt { .. } | Error::DiskBudgetExceeded { .. }
+        Error::Io { .. }
+            | Error::Poisoned { .. }
+            | Error::Corrupt { .. }
+            | Error::DiskBudgetExceeded { .. }
     )
 }
 
@@ -100,9 +127,20 @@ fn answer(r: idemlog::Result<()>) -> Result<idemlog::Result<()>, Error> {
 /// Runs one step on the store and the model and panics on any disagreement.
 /// `now` is the clock value both see. A storage failure is returned before
 /// the model changes: the step's effect is then unknown.
-pub fn apply(store: &Store, model: &mut Model, held: &mut Vec<Held>, step: &Step, now: u64) -> Result<(), Error> {
+pub fn apply(
+    store: &Store,
+    model: &mut Model,
+    held: &mut Vec<Held>,
+    step: &Step,
+    now: u64,
+) -> Result<(), Error> {
     match *step {
-        Step::Reserve { identity, body, lease, ttl } => {
+        Step::Reserve {
+            identity,
+            body,
+            lease,
+            ttl,
+        } => {
             let id = identity_of(identity);
             let body = body % BODIES;
             let lease_ms = lease.map_or(LEASE_MS, |l| 1 + u64::from(l % 64));
@@ -119,12 +157,21 @@ pub fn apply(store: &Store, model: &mut Model, held: &mut Vec<Held>, step: &Step
                 .map(|o| o.map(|r| r.into_lease()))?;
             model_reserve(model, held, id, body, lease_ms, ttl_ms, now, got);
         }
-        Step::Complete { lease, response, len } => {
-            let Some(h) = pick(held, lease) else { return Ok(()) };
+        Step::Complete {
+            lease,
+            response,
+            len,
+        } => {
+            let Some(h) = pick(held, lease) else {
+                return Ok(());
+            };
             let bytes = vec![response; usize::from(len % (MAX_RESPONSE as u8 + 4))];
             let got = answer(store.complete_lease(&h.lease, Bytes::from(bytes.clone())))?;
             if bytes.len() > MAX_RESPONSE {
-                assert!(matches!(got, Err(Error::ResponseTooLarge { .. })), "got {got:?}");
+                assert!(
+                    matches!(got, Err(Error::ResponseTooLarge { .. })),
+                    "got {got:?}"
+                );
                 return Ok(());
             }
             let expected = authorize(model, &h);
@@ -138,7 +185,9 @@ pub fn apply(store: &Store, model: &mut Model, held: &mut Vec<Held>, step: &Step
             }
         }
         Step::Release { lease } => {
-            let Some(h) = pick(held, lease) else { return Ok(()) };
+            let Some(h) = pick(held, lease) else {
+                return Ok(());
+            };
             let got = answer(store.release_lease(&h.lease))?;
             let expected = authorize(model, &h);
             same_result(&got, &expected, "release");
@@ -165,11 +214,16 @@ pub fn apply(store: &Store, model: &mut Model, held: &mut Vec<Held>, step: &Step
             }
         }
         Step::Checkpoint { lease, byte, len } => {
-            let Some(h) = pick(held, lease) else { return Ok(()) };
+            let Some(h) = pick(held, lease) else {
+                return Ok(());
+            };
             let bytes = vec![byte; usize::from(len % (MAX_CHECKPOINT as u8 + 3))];
             let got = answer(store.checkpoint_lease(&h.lease, Bytes::from(bytes.clone())))?;
             if bytes.len() > MAX_CHECKPOINT {
-                assert!(matches!(got, Err(Error::CheckpointTooLarge { .. })), "got {got:?}");
+                assert!(
+                    matches!(got, Err(Error::CheckpointTooLarge { .. })),
+                    "got {got:?}"
+                );
                 return Ok(());
             }
             let expected = authorize(model, &h);
@@ -209,7 +263,9 @@ pub fn from_record(r: &Record) -> ModelRecord {
     ModelRecord {
         body,
         in_flight_until: r.lease_until().map(|t| t.as_millis()),
-        completed: r.completed_at().map(|t| (t.as_millis(), r.response().expect("completed").to_vec())),
+        completed: r
+            .completed_at()
+            .map(|t| (t.as_millis(), r.response().expect("completed").to_vec())),
         created_at: r.created_at().as_millis(),
         expires_at: r.expires_at().as_millis(),
         token: r.fencing_token(),
@@ -271,7 +327,11 @@ fn model_reserve(
     now: u64,
     got: Outcome<Lease>,
 ) {
-    let live = model.records.get(&id).filter(|r| now < r.expires_at).cloned();
+    let live = model
+        .records
+        .get(&id)
+        .filter(|r| now < r.expires_at)
+        .cloned();
     let takeover = match &live {
         None => None,
         Some(r) if r.body != body => {
@@ -309,15 +369,26 @@ fn model_reserve(
         },
     };
     let Outcome::Acquired(lease) = got else {
-        panic!("reserve {id:?} body {body}: expected Acquired (takeover: {}), got {got:?}", takeover.is_some());
+        panic!(
+            "reserve {id:?} body {body}: expected Acquired (takeover: {}), got {got:?}",
+            takeover.is_some()
+        );
     };
     let previous = model.last_token.get(&id).copied().unwrap_or(0);
-    assert!(lease.token > previous, "token {} not above {previous}", lease.token);
+    assert!(
+        lease.token > previous,
+        "token {} not above {previous}",
+        lease.token
+    );
     model.last_token.insert(id, lease.token);
     let attempts = takeover.as_ref().map_or(1, |r| r.attempts + 1);
     let checkpoint = takeover.as_ref().and_then(|r| r.checkpoint.clone());
     assert_eq!(lease.attempt, attempts, "attempt");
-    assert_eq!(lease.checkpoint.as_deref(), checkpoint.as_deref(), "handed-over checkpoint");
+    assert_eq!(
+        lease.checkpoint.as_deref(),
+        checkpoint.as_deref(),
+        "handed-over checkpoint"
+    );
     assert_eq!(lease.lease_until.as_millis(), now + lease_ms, "lease_until");
     assert_eq!(duration_ms(lease.ttl), ttl_ms, "ttl");
     model.records.insert(
@@ -349,20 +420,43 @@ pub fn same_record(id: (u8, u8), got: Option<&Record>, expected: Option<&ModelRe
         (None, None) => {}
         (Some(r), Some(m)) => {
             assert_eq!(r.key(), &key(id));
-            assert_eq!(r.fingerprint(), &fingerprint(m.body), "fingerprint of {id:?}");
-            assert_eq!(r.created_at().as_millis(), m.created_at, "created_at of {id:?}");
-            assert_eq!(r.expires_at().as_millis(), m.expires_at, "expires_at of {id:?}");
+            assert_eq!(
+                r.fingerprint(),
+                &fingerprint(m.body),
+                "fingerprint of {id:?}"
+            );
+            assert_eq!(
+                r.created_at().as_millis(),
+                m.created_at,
+                "created_at of {id:?}"
+            );
+            assert_eq!(
+                r.expires_at().as_millis(),
+                m.expires_at,
+                "expires_at of {id:?}"
+            );
             assert_eq!(r.fencing_token(), m.token, "token of {id:?}");
             assert_eq!(r.attempts(), m.attempts, "attempts of {id:?}");
             assert_eq!(r.replays(), m.replays, "replays of {id:?}");
-            assert_eq!(r.checkpoint().map(|c| &c[..]), m.checkpoint.as_deref(), "checkpoint of {id:?}");
+            assert_eq!(
+                r.checkpoint().map(|c| &c[..]),
+                m.checkpoint.as_deref(),
+                "checkpoint of {id:?}"
+            );
             match (r.state(), &m.in_flight_until, &m.completed) {
                 (RecordState::InFlight { lease_until }, Some(until), None) => {
                     if lease_until.as_millis() > now || *until > now {
                         assert_eq!(lease_until.as_millis(), *until, "lease of {id:?}")
                     }
                 }
-                (RecordState::Completed { completed_at, response }, None, Some((at, bytes))) => {
+                (
+                    RecordState::Completed {
+                        completed_at,
+                        response,
+                    },
+                    None,
+                    Some((at, bytes)),
+                ) => {
                     assert_eq!(completed_at.as_millis(), *at, "completed_at of {id:?}");
                     assert_eq!(&response[..], &bytes[..], "response of {id:?}");
                 }
@@ -386,14 +480,29 @@ pub fn model_maintain(model: &mut Model, now: u64) -> u64 {
 pub fn compare_all(store: &Store, model: &Model, now: u64, exact_counts: bool) {
     for i in 0..SCOPES * KEYS {
         let id = identity_of(i);
-        let got = store.lookup(&key(id)).unwrap_or_else(|e| panic!("lookup failed: {e}"));
-        same_record(id, got.as_ref(), model.records.get(&id).filter(|r| now < r.expires_at), now);
+        let got = store
+            .lookup(&key(id))
+            .unwrap_or_else(|e| panic!("lookup failed: {e}"));
+        same_record(
+            id,
+            got.as_ref(),
+            model.records.get(&id).filter(|r| now < r.expires_at),
+            now,
+        );
     }
     if !exact_counts {
         return;
     }
     let stats = store.stats();
-    assert_eq!(stats.live_records, model.records.len() as u64, "live records");
-    let in_flight = model.records.values().filter(|r| r.in_flight_until.is_some()).count();
+    assert_eq!(
+        stats.live_records,
+        model.records.len() as u64,
+        "live records"
+    );
+    let in_flight = model
+        .records
+        .values()
+        .filter(|r| r.in_flight_until.is_some())
+        .count();
     assert_eq!(stats.in_flight, in_flight as u64, "records in flight");
 }
