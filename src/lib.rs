@@ -69,7 +69,6 @@ mod response;
 mod store;
 
 pub use backend::Backend;
-pub use log::fs;
 pub use bytes::Bytes;
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use config::{Config, ConfigBuilder, Durability, Limits};
@@ -78,6 +77,7 @@ pub use fingerprint::{
     canonicalize, canonicalize_into, Fingerprint, FingerprintAlgorithm, Fingerprinter,
 };
 pub use identity::{IdempotencyKey, RoutePlacement};
+pub use log::fs;
 pub use record::{Record, RecordState};
 pub use response::{DecodeResponseError, StoredResponse};
 pub use store::{

@@ -328,3 +328,75 @@ impl Drop for LogEngine {
         let _ = self.log.close();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::fingerprint::Fingerprint;
+    use crate::fs::OsFileSystem;
+    use crate::identity::IdempotencyKey;
+    use crate::store::{Outcome, Store};
+
+    /// A store whose index keeps no hash bits: every identity collides.
+    fn colliding_store(dir: &Path, clock: &ManualClock) -> Store {
+        let config = Config::builder()
+            .clock(clock.clone())
+            .maintenance_interval(None)
+            .shards(1)
+            .segment_size(4096)
+            .build();
+        let secret = [7u8; 32];
+        let engine =
+            LogEngine::open_with_hash_mask(dir, &config, Arc::new(OsFileSystem), &secret, 0)
+                .unwrap();
+        Store::with_engine_and_secret(Box::new(engine), "log", config, secret)
+    }
+
+    #[test]
+    fn hash_collisions_never_return_another_identity() {
+        let dir = std::env::temp_dir().join(format!("idemlog-collide-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let clock = ManualClock::new(Timestamp::from_millis(1_000_000));
+        let keys: Vec<_> = (0..40)
+            .map(|i| IdempotencyKey::new("t", format!("k{i}")).unwrap())
+            .collect();
+        {
+            let store = colliding_store(&dir, &clock);
+            for (i, k) in keys.iter().enumerate() {
+                let fp = Fingerprint::of_bytes(format!("body{i}").as_bytes());
+                let Outcome::Acquired(r) = store.reserve(k, &fp).unwrap() else {
+                    panic!("{k:?} collided with another identity")
+                };
+                if i % 3 == 0 {
+                    let _ = r.into_lease(); // stays in flight
+                } else {
+                    r.complete(format!("resp{i}").into_bytes()).unwrap();
+                }
+            }
+            for (i, k) in keys.iter().enumerate() {
+                let rec = store.lookup(k).unwrap().unwrap();
+                assert_eq!(rec.key(), k);
+                if i % 3 != 0 {
+                    assert_eq!(&rec.response().unwrap()[..], format!("resp{i}").as_bytes());
+                }
+            }
+        }
+        // Recovery confirms identities too.
+        let store = colliding_store(&dir, &clock);
+        for (i, k) in keys.iter().enumerate() {
+            let fp = Fingerprint::of_bytes(format!("body{i}").as_bytes());
+            match store.reserve(k, &fp).unwrap() {
+                Outcome::Replay(r) if i % 3 != 0 => {
+                    assert_eq!(&r.response[..], format!("resp{i}").as_bytes())
+                }
+                Outcome::Acquired(r) if i % 3 == 0 => assert!(r.is_takeover()),
+                other => panic!("{i}: got {other:?}"),
+            }
+        }
+        // The 14 taken-over reservations were dropped, which released them.
+        assert_eq!(store.stats().live_records, 26);
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -33,7 +33,9 @@ const MARK_LEN: usize = 24;
 /// A CRC-32C, rotated and offset so that runs of zeros (preallocated,
 /// never-written space) never checksum as valid.
 pub(crate) fn checksum(bytes: &[u8]) -> u32 {
-    crc32c::crc32c(bytes).rotate_right(15).wrapping_add(0xa282_ead8)
+    crc32c::crc32c(bytes)
+        .rotate_right(15)
+        .wrapping_add(0xa282_ead8)
 }
 
 /// The segment header: magic, version, segment id, checksum.
@@ -245,7 +247,11 @@ pub(crate) fn summarize(p: &[u8]) -> Result<Summary<'_>, &'static str> {
             }
             let s = u32_at(p, 4) as usize;
             let k = u32_at(p, 8) as usize;
-            if TOMBSTONE_FIXED.checked_add(s).and_then(|n| n.checked_add(k)) != Some(p.len()) {
+            if TOMBSTONE_FIXED
+                .checked_add(s)
+                .and_then(|n| n.checked_add(k))
+                != Some(p.len())
+            {
                 return Err("tombstone lengths do not add up");
             }
             Ok(Summary::Tombstone {
@@ -397,7 +403,10 @@ mod tests {
         assert_eq!(&p[16..24], &1_000u64.to_le_bytes());
         assert_eq!(&p[24..32], &12_000u64.to_le_bytes());
         assert_eq!(&p[32..40], &2_000u64.to_le_bytes());
-        assert_eq!(&p[40..56], &[8, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(
+            &p[40..56],
+            &[8, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]
+        );
         assert_eq!(&p[88..], b"tenant\x00xkey-1R");
     }
 
@@ -408,7 +417,10 @@ mod tests {
         encode_tombstone(&mut out, &key);
         assert!(matches!(
             summarize(payload(&out)),
-            Ok(Summary::Tombstone { scope: b"s", key: b"k" })
+            Ok(Summary::Tombstone {
+                scope: b"s",
+                key: b"k"
+            })
         ));
         let mut out = Vec::new();
         encode_mark(&mut out, 5 << 32 | 100, 42);

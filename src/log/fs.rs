@@ -26,7 +26,7 @@ pub trait FileHandle: Send + Sync + Debug {
     /// Makes the written data durable (`fdatasync`).
     fn sync_data(&self) -> io::Result<()>;
     /// The file's length in bytes.
-    fn len(&self) -> io::Result<u64>;
+    fn size(&self) -> io::Result<u64>;
     /// Allocates space so the file is at least `len` bytes long, reading as
     /// zeros past the old end, so later writes below `len` need no size
     /// change to be made durable.
@@ -80,11 +80,11 @@ impl FileHandle for OsFile {
     fn sync_data(&self) -> io::Result<()> {
         self.0.sync_data()
     }
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
     fn allocate(&self, len: u64) -> io::Result<()> {
-        if self.len()? >= len {
+        if self.size()? >= len {
             return Ok(());
         }
         match rustix::fs::fallocate(&self.0, rustix::fs::FallocateFlags::empty(), 0, len) {

@@ -103,7 +103,8 @@ impl Shard {
     pub(crate) fn insert(&mut self, e: Entry) {
         self.in_flight += u64::from(e.in_flight());
         self.live_bytes += u64::from(e.len());
-        self.table.insert_unique(table_hash(e.hash), e, |x| table_hash(x.hash));
+        self.table
+            .insert_unique(table_hash(e.hash), e, |x| table_hash(x.hash));
     }
 
     /// Replaces the entry at `old`'s place with `new` (same identity).

@@ -10,8 +10,9 @@
 //! made durable (directory fsync) before the next one.
 //!
 //! The oldest segment is deleted once nothing in it is live. When at least
-//! half of it is dead, its live frames are first copied verbatim to the
-//! head of the log (bounded bytes per pass).
+//! half of it is dead (a third, while the log takes more than 1.5 times
+//! its live bytes), its live frames are first copied verbatim to the head
+//! of the log (bounded bytes per pass).
 
 use std::collections::BTreeMap;
 
@@ -63,6 +64,8 @@ pub(super) fn maintain(engine: &LogEngine, now: Timestamp) -> Result<Maintenance
         .map(|s| (s.id, s.size))
         .collect();
     let copy_budget = segments.first().map_or(0, |s| s.1);
+    let live_total: u64 = live.values().sum();
+    let on_disk = engine.log.bytes_on_disk();
     let mut copied = 0u64;
     let mut doomed = Vec::new();
     for &(id, size) in &segments {
@@ -78,8 +81,15 @@ pub(super) fn maintain(engine: &LogEngine, now: Timestamp) -> Result<Maintenance
             doomed.push(id);
             continue;
         }
-        if live_bytes * 2 > size {
-            // Mostly live: copying would free too little.
+        // Copy forward when at least half the segment is dead, or a third
+        // while the log is over 1.5 times its live bytes.
+        let over = on_disk * 2 > live_total * 3;
+        let worth = if over {
+            live_bytes * 3 <= size * 2
+        } else {
+            live_bytes * 2 <= size
+        };
+        if !worth {
             break;
         }
         if copied > 0 && copied + live_bytes > copy_budget {

@@ -196,8 +196,8 @@ fn scan_segment(
         let check = check_frame(w, at, size)?;
         match check {
             Check::Valid(n) => {
-                let payload = w.get(at + 8, n)?;
-                let summary = format::summarize(payload).map_err(|_| ()).ok();
+                let payload = w.get(at + 8, n)?.to_vec();
+                let summary = format::summarize(&payload).map_err(|_| ()).ok();
                 match summary {
                     Some(s) => {
                         let loc = Loc {
@@ -205,7 +205,8 @@ fn scan_segment(
                             offset: at as u32,
                             len: (n + FRAME_OVERHEAD) as u32,
                         };
-                        st.take(p, segs, s, loc, i)?;
+                        let summary = s;
+                        st.take(p, segs, summary, loc, w)?;
                         searching = false;
                         at += (n + FRAME_OVERHEAD) as u64;
                     }
@@ -289,7 +290,7 @@ impl State {
         segs: &[Segment],
         s: Summary<'_>,
         loc: Loc,
-        current: usize,
+        w: &Window<'_>,
     ) -> Result<()> {
         if let Summary::Mark {
             synced_upto,
@@ -321,7 +322,7 @@ impl State {
         let shard = &mut self.shards[si];
         let mut existing = None;
         for e in shard.table.iter_hash(table_hash(hash)) {
-            if e.hash == hash && same_identity_at(segs, current, e, scope, key)? {
+            if e.hash == hash && same_identity_at(segs, loc.segment, w, e, scope, key)? {
                 existing = Some(*e);
                 break;
             }
@@ -350,17 +351,33 @@ impl State {
 /// Whether the frame `e` points at belongs to identity (`scope`, `key`).
 fn same_identity_at(
     segs: &[Segment],
-    _current: usize,
+    current: u32,
+    w: &Window<'_>,
     e: &Entry,
     scope: &[u8],
     key: &[u8],
 ) -> Result<bool> {
-    let Ok(i) = segs.binary_search_by_key(&e.segment, |s| s.id) else {
-        return Ok(false);
+    // Usually the previous version is a few frames back, still in the
+    // window: no read needed.
+    let payload_len = e.len() as usize - FRAME_OVERHEAD;
+    let in_window = (e.segment == current)
+        .then(|| w.peek(u64::from(e.offset) + 8, payload_len))
+        .flatten();
+    let read;
+    let payload = match in_window {
+        Some(p) => p,
+        None => {
+            let Ok(i) = segs.binary_search_by_key(&e.segment, |s| s.id) else {
+                return Ok(false);
+            };
+            read = segs[i].read_payload(e.offset, e.len())?;
+            &read[..]
+        }
     };
-    let payload = segs[i].read_payload(e.offset, e.len())?;
-    Ok(match format::summarize(&payload) {
-        Ok(Summary::Put { scope: s, key: k, .. }) => s == scope && k == key,
+    Ok(match format::summarize(payload) {
+        Ok(Summary::Put {
+            scope: s, key: k, ..
+        }) => s == scope && k == key,
         _ => false,
     })
 }

@@ -70,7 +70,7 @@ impl Segment {
             .open(&path)
             .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
         let size = file
-            .len()
+            .size()
             .map_err(|e| Error::io(format!("cannot read the size of {}", path.display()), e))?;
         let mut header = vec![0u8; size.min(u64::from(HEADER_LEN)) as usize];
         file.read_exact_at(&mut header, 0)
@@ -195,14 +195,21 @@ const WINDOW: usize = 4 << 20;
 
 impl<'a> Window<'a> {
     pub(crate) fn new(seg: &'a Segment, mut buf: Vec<u8>) -> Self {
-        // The buffer is reused from segment to segment: what it holds is
-        // another file's bytes, never a window of this one.
         buf.clear();
         Window { seg, buf, start: 0 }
     }
 
     pub(crate) fn into_buf(self) -> Vec<u8> {
         self.buf
+    }
+
+    /// The `n` bytes at `offset` if the window holds them already.
+    pub(crate) fn peek(&self, offset: u64, n: usize) -> Option<&[u8]> {
+        let end = offset + n as u64;
+        (offset >= self.start && end <= self.start + self.buf.len() as u64).then(|| {
+            let at = (offset - self.start) as usize;
+            &self.buf[at..at + n]
+        })
     }
 
     /// The `n` bytes at `offset`; the caller checked they are inside the

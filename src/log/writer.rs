@@ -33,6 +33,8 @@ use crate::error::{Error, Result};
 const WRITE_AT: usize = 1 << 20;
 /// ...and a caller writes it itself (back-pressure) past this much.
 const WRITE_MYSELF_AT: usize = 16 << 20;
+/// Bytes a mark frame takes.
+const MARK_ROOM: u64 = 64;
 /// In `None` mode, how often the writer thread writes a non-empty buffer.
 const NONE_WRITE_EVERY: Duration = Duration::from_millis(10);
 
@@ -397,7 +399,10 @@ impl Log {
                 std::io::Error::other("segment ids are exhausted"),
             )
         })?;
-        let size = self.segment_size.max(u64::from(HEADER_LEN) + need as u64);
+        // Room for the mark a roll appends first.
+        let size = self
+            .segment_size
+            .max(u64::from(HEADER_LEN) + need as u64 + MARK_ROOM);
         let on_disk = self.bytes_on_disk.load(Ordering::Relaxed);
         if let Some(budget) = self.disk_budget {
             if on_disk + size > budget {
@@ -442,11 +447,7 @@ impl Log {
             if let Err(e) = old.file.sync_data() {
                 return Err(self.poison(format!("fdatasync of {} failed: {e}", old.path.display())));
             }
-            self.synced(
-                started,
-                std::mem::take(&mut io.unsynced_records),
-                new_start,
-            );
+            self.synced(started, std::mem::take(&mut io.unsynced_records), new_start);
             self.append_mark(new_start);
         }
         Ok(())
@@ -461,11 +462,15 @@ impl Log {
     }
 
     pub(crate) fn segment(&self, id: u32) -> Result<Arc<Segment>> {
-        self.segments.read().get(&id).cloned().ok_or_else(|| Error::Corrupt {
-            file: self.dir.join(super::segment::file_name(id)),
-            offset: 0,
-            reason: "the index points into a segment that is gone".into(),
-        })
+        self.segments
+            .read()
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Error::Corrupt {
+                file: self.dir.join(super::segment::file_name(id)),
+                offset: 0,
+                reason: "the index points into a segment that is gone".into(),
+            })
     }
 
     /// The head segment's id.
@@ -521,9 +526,7 @@ pub(crate) fn spawn_writer(
         .spawn(move || {
             let tick = match log.durability {
                 Durability::Sync => None,
-                Durability::Buffered { max_delay } => {
-                    Some(max_delay.max(Duration::from_millis(1)))
-                }
+                Durability::Buffered { max_delay } => Some(max_delay.max(Duration::from_millis(1))),
                 Durability::None => Some(NONE_WRITE_EVERY),
             };
             loop {

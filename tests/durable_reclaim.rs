@@ -1,0 +1,169 @@
+//! Reclamation with a manual clock and tiny segments: space comes back,
+//! live records survive, and every reopen agrees with a model.
+
+mod durable_support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use durable_support::*;
+use idemlog::{Clock, Config, Durability, Outcome, ReserveOptions, Store};
+
+fn cfg(clock: &idemlog::ManualClock) -> Config {
+    Config::builder()
+        .clock(clock.clone())
+        .durability(Durability::Sync)
+        .maintenance_interval(None)
+        .ttl(Duration::from_secs(10))
+        .lease(Duration::from_secs(5))
+        .segment_size(4096)
+        .build()
+}
+
+/// What the model expects of a key.
+#[derive(Debug, Clone)]
+enum Want {
+    Done { response: Vec<u8>, expires: u64 },
+    Busy { expires: u64 },
+}
+
+fn check(store: &Store, model: &BTreeMap<String, Want>, now: u64) {
+    for (k, want) in model {
+        let got = store.lookup(&key(k)).unwrap();
+        match want {
+            Want::Done { response, expires } if now < *expires => {
+                let r = got.unwrap_or_else(|| panic!("{k} lost"));
+                assert_eq!(
+                    r.response().map(|b| b.to_vec()),
+                    Some(response.clone()),
+                    "{k}"
+                );
+            }
+            Want::Busy { expires } if now < *expires => {
+                assert!(got.is_some_and(|r| r.is_in_flight()), "{k} lost");
+            }
+            _ => assert!(got.is_none(), "{k} expired but came back"),
+        }
+    }
+}
+
+#[test]
+fn segments_go_live_records_stay_and_reopens_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let mut model: BTreeMap<String, Want> = BTreeMap::new();
+    let mut store = Store::open(dir.path(), cfg(&clock)).unwrap();
+    let mut deleted = 0;
+    let mut copied = 0;
+    for step in 0..60u64 {
+        let now = clock.now().as_millis();
+        for i in 0..6 {
+            let k = format!("s{step}-{i}");
+            let response = vec![(step + i) as u8; 300];
+            // Every tenth key lives ten times longer: it is copied forward.
+            let ttl = if i == 0 && step % 10 == 0 { 100 } else { 10 };
+            let Outcome::Acquired(r) = store
+                .reserve_with(
+                    &key(&k),
+                    &fp(&k),
+                    ReserveOptions::default().ttl(Duration::from_secs(ttl)),
+                )
+                .unwrap()
+            else {
+                panic!()
+            };
+            r.complete(response.clone()).unwrap();
+            model.insert(
+                k,
+                Want::Done {
+                    response,
+                    expires: now + ttl * 1000,
+                },
+            );
+        }
+        // A reservation left in flight (lease 5 s, forgotten 10 s later).
+        let k = format!("busy{step}");
+        let Outcome::Acquired(r) = store.reserve(&key(&k), &fp(&k)).unwrap() else {
+            panic!()
+        };
+        let _ = r.into_lease();
+        model.insert(
+            k,
+            Want::Busy {
+                expires: now + 15_000,
+            },
+        );
+        // A released one leaves a tombstone.
+        let k = format!("rel{step}");
+        let Outcome::Acquired(r) = store.reserve(&key(&k), &fp(&k)).unwrap() else {
+            panic!()
+        };
+        r.release().unwrap();
+
+        clock.advance(Duration::from_secs(1));
+        let report = store.run_maintenance().unwrap();
+        deleted += report.segments_deleted;
+        copied += report.records_copied;
+        let now = clock.now().as_millis();
+        check(&store, &model, now);
+        if step % 5 == 4 {
+            drop(store);
+            store = Store::open(dir.path(), {
+                let mut c = cfg(&clock);
+                c.keep_leases_on_open = true;
+                c
+            })
+            .unwrap();
+            check(&store, &model, now);
+        }
+        if step >= 30 {
+            let s = store.stats();
+            assert!(
+                s.bytes_on_disk as f64 <= 1.5 * s.bytes_live as f64 + 2.0 * 4096.0,
+                "step {step}: {} on disk for {} live",
+                s.bytes_on_disk,
+                s.bytes_live
+            );
+        }
+    }
+    assert!(deleted > 20, "deleted {deleted}");
+    assert!(copied > 0, "copied {copied}");
+    // Everything expires: all but the head segment go.
+    clock.advance(Duration::from_secs(200));
+    while store.run_maintenance().unwrap().more_work {}
+    let s = store.stats();
+    assert_eq!(s.live_records, 0);
+    assert!(s.segments <= 2, "{s:?}");
+    drop(store);
+    let store = Store::open(dir.path(), cfg(&clock)).unwrap();
+    check(&store, &model, clock.now().as_millis());
+}
+
+#[test]
+fn steady_churn_stays_within_one_and_a_half_times_live_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let store = Store::open(dir.path(), {
+        let mut c = cfg(&clock);
+        c.durability = Durability::None;
+        c
+    })
+    .unwrap();
+    let mut worst: f64 = 0.0;
+    for step in 0..200u64 {
+        for i in 0..40 {
+            let k = format!("c{step}-{i}");
+            let Outcome::Acquired(r) = store.reserve(&key(&k), &fp(&k)).unwrap() else {
+                panic!()
+            };
+            r.complete(vec![1u8; 300]).unwrap();
+        }
+        clock.advance(Duration::from_millis(500));
+        store.run_maintenance().unwrap();
+        if step >= 40 {
+            let s = store.stats();
+            worst = worst.max(s.bytes_on_disk as f64 / s.bytes_live as f64);
+        }
+    }
+    assert!(worst <= 1.5, "disk / live reached {worst:.2}");
+}

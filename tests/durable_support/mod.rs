@@ -1,0 +1,156 @@
+//! Helpers shared by the durable-store tests.
+#![allow(dead_code)]
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use idemlog::fs::{FileHandle, FileSystem, LockGuard, OsFileSystem};
+use idemlog::{Config, Durability, Fingerprint, IdempotencyKey, ManualClock, Timestamp};
+
+pub const T0: u64 = 1_700_000_000_000;
+
+pub fn clock() -> ManualClock {
+    ManualClock::new(Timestamp::from_millis(T0))
+}
+
+pub fn config(clock: &ManualClock, durability: Durability) -> Config {
+    Config::builder()
+        .clock(clock.clone())
+        .durability(durability)
+        .maintenance_interval(None)
+        .ttl(Duration::from_secs(3600))
+        .lease(Duration::from_secs(60))
+        .segment_size(64 << 10)
+        .build()
+}
+
+pub fn key(k: &str) -> IdempotencyKey {
+    IdempotencyKey::new("tenant", k).unwrap()
+}
+
+pub fn fp(body: &str) -> Fingerprint {
+    Fingerprint::of_bytes(body.as_bytes())
+}
+
+/// The segment files of `dir`, oldest first.
+pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A frame as the test sees it, parsed by the layout in docs/FORMAT.md.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame {
+    pub offset: usize,
+    pub len: usize,
+    pub kind: u8,
+    /// For records: 0 in flight, 1 completed.
+    pub state: u8,
+}
+
+/// Walks the frames of a segment file's bytes from the header on, until
+/// the first zero length.
+pub fn frames(bytes: &[u8]) -> Vec<Frame> {
+    let mut out = Vec::new();
+    let mut at = 32;
+    while at + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        out.push(Frame {
+            offset: at,
+            len: len + 12,
+            kind: bytes[at + 8],
+            state: bytes[at + 9],
+        });
+        at += len + 12;
+    }
+    out
+}
+
+/// The OS file system, counting syncs and able to fail them on demand.
+#[derive(Debug, Default)]
+pub struct CountingFs {
+    pub data_syncs: AtomicU64,
+    pub dir_syncs: AtomicU64,
+    pub fail_syncs: AtomicBool,
+}
+
+#[derive(Debug)]
+struct CountingFile {
+    inner: Box<dyn FileHandle>,
+    fs: Arc<CountingFs>,
+}
+
+impl FileHandle for CountingFile {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_exact_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.inner.write_all_at(buf, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        if self.fs.fail_syncs.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected fdatasync failure"));
+        }
+        self.fs.data_syncs.fetch_add(1, Ordering::SeqCst);
+        self.inner.sync_data()
+    }
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
+    }
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        self.inner.allocate(len)
+    }
+}
+
+/// Wraps `CountingFs` in an `Arc` the store can own while the test keeps
+/// a handle.
+#[derive(Debug, Clone)]
+pub struct SharedFs(pub Arc<CountingFs>);
+
+impl FileSystem for SharedFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        OsFileSystem.create_dir_all(dir)
+    }
+    fn is_dir(&self, path: &Path) -> io::Result<bool> {
+        OsFileSystem.is_dir(path)
+    }
+    fn open(&self, path: &Path) -> io::Result<Box<dyn FileHandle>> {
+        Ok(Box::new(CountingFile {
+            inner: OsFileSystem.open(path)?,
+            fs: Arc::clone(&self.0),
+        }))
+    }
+    fn create(&self, path: &Path) -> io::Result<Box<dyn FileHandle>> {
+        Ok(Box::new(CountingFile {
+            inner: OsFileSystem.create(path)?,
+            fs: Arc::clone(&self.0),
+        }))
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        OsFileSystem.list(dir)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        OsFileSystem.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        OsFileSystem.remove(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.0.dir_syncs.fetch_add(1, Ordering::SeqCst);
+        OsFileSystem.sync_dir(dir)
+    }
+    fn lock(&self, path: &Path) -> io::Result<LockGuard> {
+        OsFileSystem.lock(path)
+    }
+}
