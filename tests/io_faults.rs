@@ -53,7 +53,9 @@ struct Told {
     ok_after_poison: Vec<String>,
 }
 
-fn workload(store: &Store, told: &mut Told, keys: std::ops::Range<usize>) {
+/// With `after_any_error`, the first error of any kind counts as the poison
+/// (only fsyncs fail, and every failed fsync must poison).
+fn workload(store: &Store, told: &mut Told, keys: std::ops::Range<usize>, after_any_error: bool) {
     let fp = Fingerprint::of_bytes(b"body");
     let mut poisoned = false;
     for i in keys {
@@ -75,7 +77,7 @@ fn workload(store: &Store, told: &mut Told, keys: std::ops::Range<usize>) {
                     }
                     Err(e) => {
                         told.errors += 1;
-                        poisoned |= matches!(e, Error::Poisoned { .. });
+                        poisoned |= after_any_error || matches!(e, Error::Poisoned { .. });
                     }
                 }
             }
@@ -84,7 +86,7 @@ fn workload(store: &Store, told: &mut Told, keys: std::ops::Range<usize>) {
                 .push(format!("fresh k{i} answered {other:?}")),
             Err(e) => {
                 told.errors += 1;
-                poisoned |= matches!(e, Error::Poisoned { .. });
+                poisoned |= after_any_error || matches!(e, Error::Poisoned { .. });
             }
         }
     }
@@ -131,7 +133,7 @@ fn run_with_fault(fault: Fault, violations: &mut Vec<String>) -> bool {
     let what = format!("{fault:?}");
     match Store::open_with_fs(DIR, config(), Arc::new(fs.clone())) {
         Ok(store) => {
-            workload(&store, &mut told, 0..KEYS);
+            workload(&store, &mut told, 0..KEYS, fault.syncs_only);
             if fault.syncs_only && fs.faults_hit() > 0 && !told.ok_after_poison.is_empty() {
                 violations.push(format!(
                     "{what}: writes succeeded after a failed fsync: {:?}",
@@ -242,7 +244,7 @@ fn a_failed_fsync_with_concurrent_writers_reports_nothing_from_its_batch_done() 
                         completed: vec![false; KEYS],
                         ..Told::default()
                     };
-                    workload(store, &mut mine, t * 10..t * 10 + 10);
+                    workload(store, &mut mine, t * 10..t * 10 + 10, true);
                     let mut all = told.lock().expect("lock");
                     for i in t * 10..t * 10 + 10 {
                         all.acquired[i] = mine.acquired[i];
@@ -265,10 +267,13 @@ fn a_failed_fsync_with_concurrent_writers_reports_nothing_from_its_batch_done() 
                     "after a failed fdatasync no write may succeed, got {probe:?}"
                 );
             }
-            // A failed directory fsync (segment roll) is reported to the
-            // caller as an I/O error but does not poison: see
-            // `a_failed_directory_fsync_poisons_the_store`.
-            Some(simfs::Step::SyncDir) => dir_fsync_failures += 1,
+            Some(simfs::Step::SyncDir) => {
+                dir_fsync_failures += 1;
+                assert!(
+                    matches!(probe, Err(Error::Poisoned { .. })),
+                    "after a failed directory fsync no write may succeed, got {probe:?}"
+                );
+            }
             other => assert!(other.is_none(), "an unexpected fault: {other:?}"),
         }
         if let Ok(Outcome::Acquired(r)) = probe {
@@ -288,13 +293,12 @@ fn a_failed_fsync_with_concurrent_writers_reports_nothing_from_its_batch_done() 
 
 /// SPEC §4: "A failed fsync poisons the store: every later write returns an
 /// error; no retry of fsync pretends the data is safe." A failed directory
-/// fsync while a new segment is created (roll) is returned to the caller as
-/// `Error::Io`, and the next write rolls again and succeeds: the store is
-/// not poisoned. (No acknowledged data is lost: the sweeps above check
-/// that.) Ignored until the engine poisons on this path; see
-/// docs/RELIABILITY.md, "Findings".
+/// fsync while a new segment was created (roll) was returned to the caller
+/// as `Error::Io`, and the next write rolled again and succeeded: the store was
+/// not poisoned. (No acknowledged data was lost: the sweeps above check
+/// that.) Fixed: the roll poisons the log when it cannot start a segment
+/// (docs/RELIABILITY.md, "Bugs found").
 #[test]
-#[ignore = "finding: a failed directory fsync does not poison the store (docs/RELIABILITY.md)"]
 fn a_failed_directory_fsync_poisons_the_store() {
     let fs = SimFs::new();
     let store = Store::open_with_fs(DIR, config(), Arc::new(fs.clone())).expect("open");
@@ -302,7 +306,10 @@ fn a_failed_directory_fsync_poisons_the_store() {
     let fp = Fingerprint::of_bytes(b"body");
     let mut failed = None;
     for i in 0..KEYS {
-        if let Err(e) = store.reserve(&key(i), &fp).map(|o| o.map(|r| r.into_lease())) {
+        if let Err(e) = store
+            .reserve(&key(i), &fp)
+            .map(|o| o.map(|r| r.into_lease()))
+        {
             failed = Some(e);
             break;
         }

@@ -526,7 +526,7 @@ impl FileHandle for SimFile {
         Ok(())
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         let mut s = self.fs.state.lock();
         self.fs.enter(&mut s, None)?;
         Ok(s.inodes[&self.ino].data.len() as u64)
