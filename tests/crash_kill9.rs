@@ -235,6 +235,15 @@ fn check(dir: &Path, cycle: u64, acks: &Acks, fresh: bool) -> Result<(), Vec<Str
             }
         }
     }
+    // S6: recovery leaves no half-created segment behind.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") {
+                bad.push(format!("S6: recovery left the temporary file {name}"));
+            }
+        }
+    }
     let probe = k(&format!("probe-{cycle}"));
     match store.reserve(&probe, &fingerprint()) {
         Ok(Outcome::Acquired(r)) => {
@@ -252,6 +261,15 @@ fn check(dir: &Path, cycle: u64, acks: &Acks, fresh: bool) -> Result<(), Vec<Str
     } else {
         Err(bad)
     }
+}
+
+/// Threads of this process (Linux), to catch threads a store leaves behind.
+fn threads() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 fn main() {
@@ -274,6 +292,7 @@ fn main() {
     let (mut passed, mut failed) = (0u64, 0u64);
     let (mut acks_completed, mut acks_acquired, mut acks_released) = (0usize, 0usize, 0usize);
     let started = Instant::now();
+    let threads_before = threads();
     for cycle in 0..cycles {
         let spawned = Instant::now();
         let mut child = Command::new(&exe)
@@ -329,6 +348,12 @@ fn main() {
         "kill -9 loop: {cycles} cycles in {:.1}s: {acks_acquired} acquisitions, {acks_completed} completions, {acks_released} releases acknowledged and checked; {files} files left in the directory",
         started.elapsed().as_secs_f64()
     );
+    // S6: every store the parent opened joined its threads on drop.
+    let threads_after = threads();
+    if threads_after != threads_before {
+        println!("S6: {threads_before:?} threads before the loop, {threads_after:?} after");
+        failed += 1;
+    }
     println!("{passed} passed, {failed} failed");
     if failed > 0 {
         std::process::exit(1);
