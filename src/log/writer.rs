@@ -412,13 +412,13 @@ impl Log {
                 });
             }
         }
-        let seg = Arc::new(Segment::create(
-            &*self.fs,
-            &self.dir,
-            id,
-            size,
-            self.syncs_enabled(),
-        )?);
+        // Creating a segment syncs its file and the directory; a failed
+        // fsync there poisons like any other (SPEC §4), so no later write
+        // trusts a retry of it.
+        let seg = match Segment::create(&*self.fs, &self.dir, id, size, self.syncs_enabled()) {
+            Ok(seg) => Arc::new(seg),
+            Err(e) => return Err(self.poison(format!("starting a new segment failed: {e}"))),
+        };
         self.segments.write().insert(id, Arc::clone(&seg));
         self.bytes_on_disk.fetch_add(size, Ordering::Relaxed);
         let new_start = pos(id, HEADER_LEN);
@@ -489,12 +489,12 @@ impl Log {
             .remove(&seg.path)
             .map_err(|e| Error::io(format!("cannot delete {}", seg.path.display()), e))?;
         if self.syncs_enabled() {
-            self.fs.sync_dir(&self.dir).map_err(|e| {
-                Error::io(
-                    format!("cannot sync the directory {}", self.dir.display()),
-                    e,
-                )
-            })?;
+            if let Err(e) = self.fs.sync_dir(&self.dir) {
+                return Err(self.poison(format!(
+                    "fsync of the directory {} failed: {e}",
+                    self.dir.display()
+                )));
+            }
         }
         self.bytes_on_disk.fetch_sub(seg.size, Ordering::Relaxed);
         Ok(seg.size)

@@ -1,0 +1,334 @@
+//! loom models of the two hand-offs where threads meet (`--cfg loom` only):
+//!
+//! ```text
+//! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+//!     cargo test --release --test loom_models
+//! ```
+//!
+//! loom explores every interleaving of a small program, but only of code
+//! built on its own sync types. The engines use parking_lot and crossbeam,
+//! and swapping those for loom's would touch every engine file, so each
+//! model below is a small standalone copy of one protocol, written to
+//! mirror the engine step by step (the correspondence is noted on each
+//! step). The decision itself is not copied: the reservation model calls
+//! idemlog's real `decision` functions.
+//!
+//! 1. The reservation compare-and-set (`store::memory::MemoryEngine::update`,
+//!    `Shared::reserve`/`with_held`, `Counters::next_token`): under the
+//!    shard lock, read the record, decide, draw a token, store. Properties:
+//!    exactly one caller acquires; a stale holder and a taker-over never both
+//!    succeed; replays return the one stored response.
+//! 2. The group-commit hand-off (`log::writer::Log::{append, wait_durable,
+//!    sync, synced}` + `spawn_writer`): callers append to a shared buffer
+//!    and wait for `durable`; the writer thread, kicked through a one-slot
+//!    channel, swaps the buffer out, writes it, syncs, publishes `durable`
+//!    and wakes waiters under the wait lock. Properties: a caller returns
+//!    only once its frame is synced; no wake-up is lost (a lost wake-up is a
+//!    deadlock, which loom reports).
+
+#![cfg(loom)]
+
+use loom::sync::atomic::{AtomicU64, Ordering};
+use loom::sync::{Arc, Condvar, Mutex};
+use loom::thread;
+
+use idemlog::decision::{self, Decision};
+use idemlog::{Bytes, Fingerprint, IdempotencyKey, Record, Timestamp};
+
+// ---------------------------------------------------------------- model 1
+
+const LEASE: std::time::Duration = std::time::Duration::from_millis(100);
+const TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One shard holding one identity's record (`MemoryEngine` shard).
+struct Shard {
+    record: Mutex<Option<Record>>,
+    /// `Counters` stripe: tokens drawn with `fetch_add` inside the lock.
+    next_token: AtomicU64,
+}
+
+#[derive(Debug, PartialEq)]
+enum Answer {
+    Acquired(u64),
+    Replay(Bytes),
+    InProgress,
+    Conflict,
+}
+
+fn key() -> IdempotencyKey {
+    IdempotencyKey::new("t", "k").expect("valid")
+}
+
+/// `Shared::reserve` over `MemoryEngine::update`.
+fn reserve(shard: &Shard, fp: &Fingerprint, now: Timestamp) -> Answer {
+    let mut slot = shard.record.lock().expect("shard lock");
+    match decision::decide(slot.as_ref(), fp, now) {
+        Decision::Acquire { takeover } => {
+            let token = shard.next_token.fetch_add(1, Ordering::Relaxed);
+            let record = decision::acquired_record(
+                slot.as_ref(),
+                takeover,
+                &key(),
+                fp,
+                now,
+                LEASE,
+                TTL,
+                token,
+            );
+            *slot = Some(record);
+            Answer::Acquired(token)
+        }
+        Decision::Replay => Answer::Replay(
+            slot.as_ref()
+                .and_then(|r| r.response().cloned())
+                .expect("replay of a completed record"),
+        ),
+        Decision::InProgress { .. } => Answer::InProgress,
+        Decision::Conflict { .. } => Answer::Conflict,
+    }
+}
+
+/// `Shared::complete` over `with_held` (authorize, then put).
+fn complete(shard: &Shard, token: u64, response: &'static [u8], now: Timestamp) -> bool {
+    let mut slot = shard.record.lock().expect("shard lock");
+    match decision::authorize(slot.as_ref(), token) {
+        Ok(held) => {
+            let done = decision::completed_record(held, Bytes::from_static(response), now, TTL);
+            *slot = Some(done);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn concurrent_reservations_acquire_exactly_once_and_replay_its_response() {
+    loom::model(|| {
+        let shard = Arc::new(Shard {
+            record: Mutex::new(None),
+            next_token: AtomicU64::new(1),
+        });
+        let fp = Fingerprint::of_bytes(b"body");
+        let now = Timestamp::from_millis(1_000);
+        let handles: Vec<_> = (0..3)
+            .map(|i| {
+                let shard = Arc::clone(&shard);
+                thread::spawn(move || {
+                    let answer = reserve(&shard, &fp, now);
+                    if let Answer::Acquired(token) = answer {
+                        let responses: [&'static [u8]; 3] = [b"r0", b"r1", b"r2"];
+                        assert!(complete(&shard, token, responses[i], now));
+                        return (answer, Some(responses[i]));
+                    }
+                    (answer, None)
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect();
+        let winners: Vec<_> = results.iter().filter_map(|(_, r)| *r).collect();
+        assert_eq!(winners.len(), 1, "exactly one acquisition: {results:?}");
+        for (answer, _) in &results {
+            match answer {
+                Answer::Acquired(_) | Answer::InProgress => {}
+                Answer::Replay(bytes) => {
+                    assert_eq!(&bytes[..], winners[0], "replayed another response")
+                }
+                Answer::Conflict => panic!("same fingerprint answered Conflict"),
+            }
+        }
+    });
+}
+
+#[test]
+fn a_stale_holder_and_a_taker_over_never_both_succeed() {
+    loom::model(|| {
+        let fp = Fingerprint::of_bytes(b"body");
+        let start = Timestamp::from_millis(1_000);
+        let late = Timestamp::from_millis(1_000 + 150); // the lease has run out
+        let first = decision::acquired_record(None, false, &key(), &fp, start, LEASE, TTL, 1);
+        let shard = Arc::new(Shard {
+            record: Mutex::new(Some(first)),
+            next_token: AtomicU64::new(2),
+        });
+        let stale = {
+            let shard = Arc::clone(&shard);
+            thread::spawn(move || complete(&shard, 1, b"late result", late))
+        };
+        let takers: Vec<_> = (0..2)
+            .map(|_| {
+                let shard = Arc::clone(&shard);
+                thread::spawn(move || reserve(&shard, &fp, late))
+            })
+            .collect();
+        let stale_ok = stale.join().expect("thread");
+        let answers: Vec<_> = takers
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .collect();
+        let acquired = answers
+            .iter()
+            .filter(|a| matches!(a, Answer::Acquired(_)))
+            .count();
+        assert!(acquired <= 1, "two takeovers: {answers:?}");
+        assert!(
+            !(stale_ok && acquired == 1),
+            "the stale holder completed after a takeover: {answers:?}"
+        );
+        if stale_ok {
+            for a in &answers {
+                assert_eq!(a, &Answer::Replay(Bytes::from_static(b"late result")));
+            }
+        } else {
+            assert_eq!(acquired, 1, "{answers:?}");
+        }
+    });
+}
+
+// ---------------------------------------------------------------- model 2
+
+/// `Log`: the parts of the write path the hand-off uses. Positions count
+/// frames instead of bytes.
+struct Log {
+    /// `tail`: frames not yet written, and the position after the last.
+    tail: Mutex<(Vec<u64>, u64)>,
+    /// `io`: one writer at a time.
+    io: Mutex<()>,
+    /// The file: frames written, and how many of them are synced.
+    disk: Mutex<(Vec<u64>, usize)>,
+    written: AtomicU64,
+    durable: AtomicU64,
+    /// `wait_lock` + `wake`.
+    wait_lock: Mutex<()>,
+    wake: Condvar,
+    /// `kick`: a bounded(1) channel, as a flag and a condvar.
+    kick: Mutex<(bool, bool)>, // (pending, stopped)
+    kicked: Condvar,
+}
+
+impl Log {
+    /// `Log::append`: under the tail lock.
+    fn append(&self, frame: u64) -> u64 {
+        let mut t = self.tail.lock().expect("tail");
+        t.0.push(frame);
+        t.1 += 1;
+        t.1
+    }
+
+    /// `kick.try_send(())`: a no-op when a kick is already pending.
+    fn try_kick(&self) {
+        let mut k = self.kick.lock().expect("kick");
+        if !k.0 {
+            k.0 = true;
+            self.kicked.notify_one();
+        }
+    }
+
+    /// `Log::wait_durable`.
+    fn wait_durable(&self, end: u64) {
+        if self.durable.load(Ordering::Acquire) >= end {
+            return;
+        }
+        self.try_kick();
+        let mut g = self.wait_lock.lock().expect("wait lock");
+        loop {
+            if self.durable.load(Ordering::Acquire) >= end {
+                return;
+            }
+            g = self.wake.wait(g).expect("wait");
+        }
+    }
+
+    /// `Log::sync` (via `flush`): `write_out` then fdatasync then `synced`.
+    fn sync(&self) {
+        let _io = self.io.lock().expect("io");
+        // write_out: swap the buffer out under the tail lock, write it.
+        let (frames, end) = {
+            let mut t = self.tail.lock().expect("tail");
+            (std::mem::take(&mut t.0), t.1)
+        };
+        if frames.is_empty()
+            && self.written.load(Ordering::Acquire) <= self.durable.load(Ordering::Acquire)
+        {
+            return;
+        }
+        self.disk.lock().expect("disk").0.extend(frames);
+        self.written.store(end, Ordering::Release);
+        let target = self.written.load(Ordering::Acquire);
+        // fdatasync
+        {
+            let mut d = self.disk.lock().expect("disk");
+            d.1 = d.0.len();
+        }
+        // synced: publish, then wake every waiter under the wait lock.
+        self.durable.store(target, Ordering::Release);
+        let _g = self.wait_lock.lock().expect("wait lock");
+        self.wake.notify_all();
+    }
+
+    /// `spawn_writer`'s loop for `Durability::Sync`.
+    fn writer(&self) {
+        loop {
+            {
+                let mut k = self.kick.lock().expect("kick");
+                while !k.0 && !k.1 {
+                    k = self.kicked.wait(k).expect("wait");
+                }
+                if !k.0 && k.1 {
+                    return;
+                }
+                k.0 = false;
+            }
+            self.sync();
+        }
+    }
+}
+
+#[test]
+fn group_commit_returns_only_synced_frames_and_loses_no_wakeup() {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(3);
+    builder.check(|| {
+        let log = Arc::new(Log {
+            tail: Mutex::new((Vec::new(), 0)),
+            io: Mutex::new(()),
+            disk: Mutex::new((Vec::new(), 0)),
+            written: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
+            wait_lock: Mutex::new(()),
+            wake: Condvar::new(),
+            kick: Mutex::new((false, false)),
+            kicked: Condvar::new(),
+        });
+        let writer = {
+            let log = Arc::clone(&log);
+            thread::spawn(move || log.writer())
+        };
+        let callers: Vec<_> = (1..=2u64)
+            .map(|frame| {
+                let log = Arc::clone(&log);
+                thread::spawn(move || {
+                    let end = log.append(frame);
+                    log.wait_durable(end);
+                    let d = log.disk.lock().expect("disk");
+                    assert!(
+                        d.0[..d.1].contains(&frame),
+                        "frame {frame} acknowledged but not synced: {:?}",
+                        *d
+                    );
+                })
+            })
+            .collect();
+        for c in callers {
+            c.join().expect("caller");
+        }
+        {
+            let mut k = log.kick.lock().expect("kick");
+            k.1 = true;
+            log.kicked.notify_one();
+        }
+        writer.join().expect("writer");
+    });
+}
