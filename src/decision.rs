@@ -82,10 +82,16 @@ pub fn acquired_record(
     }
 }
 
-/// Checks that `token` is the record's current fencing token. A record that
-/// is gone, completed, or held under another token rejects the holder.
-pub fn authorize(found: Option<&Record>, token: u64) -> Result<&Record, Error> {
+/// Checks that `token` is the record's current fencing token at `now`. A
+/// record that is gone, expired (it counts as absent, whether or not
+/// maintenance has removed it yet), completed, or held under another token
+/// rejects the holder.
+pub fn authorize(found: Option<&Record>, token: u64, now: Timestamp) -> Result<&Record, Error> {
     match found {
+        Some(r) if r.is_expired(now) => Err(Error::LeaseLost {
+            held: token,
+            current: None,
+        }),
         Some(r) if r.token == token && r.is_in_flight() => Ok(r),
         Some(r) => Err(Error::LeaseLost {
             held: token,
@@ -243,8 +249,8 @@ mod tests {
     fn authorize_accepts_only_the_current_token_of_an_in_flight_record() {
         let fp = Fingerprint::of_bytes(b"a");
         let r = in_flight(&fp, t(0));
-        assert!(authorize(Some(&r), 7).is_ok());
-        let err = authorize(Some(&r), 6).unwrap_err();
+        assert!(authorize(Some(&r), 7, t(0)).is_ok());
+        let err = authorize(Some(&r), 6, t(0)).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -255,7 +261,7 @@ mod tests {
             ),
             "got {err:?}"
         );
-        let err = authorize(None, 7).unwrap_err();
+        let err = authorize(None, 7, t(0)).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -268,7 +274,7 @@ mod tests {
         );
         let done = completed_record(&r, Bytes::new(), t(1), TTL);
         assert!(matches!(
-            authorize(Some(&done), 7),
+            authorize(Some(&done), 7, t(2)),
             Err(Error::LeaseLost { .. })
         ));
     }

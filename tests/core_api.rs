@@ -55,6 +55,7 @@ engine_tests!(
     completed_replays_until_its_expiry_instant,
     expired_record_counts_as_absent_and_maintenance_removes_it,
     abandoned_in_flight_record_expires_ttl_after_its_lease,
+    expired_reservation_cannot_complete_before_maintenance,
     release_lets_the_retry_run_again,
     dropping_a_reservation_releases_it,
     extend_pushes_the_lease,
@@ -296,6 +297,34 @@ fn abandoned_in_flight_record_expires_ttl_after_its_lease(e: Engine) {
         matches!(err, Error::LeaseLost { current: None, .. }),
         "got {err:?}"
     );
+}
+
+fn expired_reservation_cannot_complete_before_maintenance(e: Engine) {
+    let h = Harness::new(e);
+    let k = key("t", "k1");
+    let mut held = acquire(&h, &k, "a").into_lease();
+    h.advance(LEASE + TTL - ms(1));
+    // One millisecond before expiry the holder still owns the record.
+    h.store.extend_lease(&mut held, ms(0)).unwrap();
+    let expires_at = h.store.lookup(&k).unwrap().unwrap().expires_at();
+    h.clock.set(expires_at);
+    // At the expiry instant the record counts as absent on every engine,
+    // whether or not maintenance has removed it yet.
+    for err in [
+        h.store.complete_lease(&held, "late".into()).unwrap_err(),
+        h.store.checkpoint_lease(&held, "late".into()).unwrap_err(),
+        h.store.release_lease(&held).unwrap_err(),
+    ] {
+        assert!(
+            matches!(err, Error::LeaseLost { current: None, .. }),
+            "got {err:?}"
+        );
+    }
+    assert!(h.store.lookup(&k).unwrap().is_none());
+    assert!(matches!(
+        h.store.reserve(&k, &fp("b")).unwrap(),
+        Outcome::Acquired(_)
+    ));
 }
 
 fn release_lets_the_retry_run_again(e: Engine) {

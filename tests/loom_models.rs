@@ -91,7 +91,7 @@ fn reserve(shard: &Shard, fp: &Fingerprint, now: Timestamp) -> Answer {
 /// `Shared::complete` over `with_held` (authorize, then put).
 fn complete(shard: &Shard, token: u64, response: &'static [u8], now: Timestamp) -> bool {
     let mut slot = shard.record.lock().expect("shard lock");
-    match decision::authorize(slot.as_ref(), token) {
+    match decision::authorize(slot.as_ref(), token, now) {
         Ok(held) => {
             let done = decision::completed_record(held, Bytes::from_static(response), now, TTL);
             *slot = Some(done);

@@ -87,7 +87,7 @@ impl Model {
     fn held(&self, key: usize, holder: u64) -> bool {
         self.records
             .get(&key)
-            .is_some_and(|r| r.in_flight && r.holder == holder)
+            .is_some_and(|r| r.in_flight && r.holder == holder && self.now < r.expires_at)
     }
 }
 

@@ -155,7 +155,7 @@ impl Store {
             ),
             None => None,
         };
-        let held = decision::authorize(found.as_ref(), lease.token)
+        let held = decision::authorize(found.as_ref(), lease.token, config.clock.now())
             .map_err(ConflictableTransactionError::Abort)?;
         let done = decision::completed_record(held, response, config.clock.now(), lease.ttl);
         let value = encode(&done).map_err(ConflictableTransactionError::Abort)?;

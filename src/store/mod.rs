@@ -572,9 +572,10 @@ impl Shared {
         &self,
         lease: &Lease,
         hash: IdentityHash,
-        mut change: impl FnMut(&Record) -> Change,
+        mut change: impl FnMut(&Record, Timestamp) -> Change,
     ) -> Result<()> {
         self.check_poison()?;
+        let now = self.config.clock.now();
         let id = Identity {
             key: &lease.key,
             hash,
@@ -582,10 +583,10 @@ impl Shared {
         let mut denied = None;
         self.engine.update(
             id,
-            &mut |found| match decision::authorize(found, lease.token) {
+            &mut |found| match decision::authorize(found, lease.token, now) {
                 Ok(held) => {
                     denied = None;
-                    change(held)
+                    change(held, now)
                 }
                 Err(e) => {
                     denied = Some(e);
@@ -610,8 +611,7 @@ impl Shared {
                 limit,
             });
         }
-        let now = self.config.clock.now();
-        self.with_held(lease, hash, |held| {
+        self.with_held(lease, hash, |held, now| {
             Change::Put(decision::completed_record(held, response.clone(), now, ttl))
         })?;
         self.counters.add(hash.shard, Event::Completed, 1);
@@ -619,18 +619,19 @@ impl Shared {
     }
 
     fn release(&self, lease: &Lease, hash: IdentityHash) -> Result<()> {
-        self.with_held(lease, hash, |_| Change::Remove)?;
+        self.with_held(lease, hash, |_, _| Change::Remove)?;
         self.counters.add(hash.shard, Event::Released, 1);
         Ok(())
     }
 
     fn extend(&self, lease: &mut Lease, hash: IdentityHash, lease_for: Duration) -> Result<()> {
-        let now = self.config.clock.now();
         let ttl = lease.ttl;
-        self.with_held(lease, hash, |held| {
+        let mut lease_until = lease.lease_until;
+        self.with_held(lease, hash, |held, now| {
+            lease_until = now.saturating_add(lease_for);
             Change::Put(decision::extended_record(held, now, lease_for, ttl))
         })?;
-        lease.lease_until = now.saturating_add(lease_for);
+        lease.lease_until = lease_until;
         Ok(())
     }
 
@@ -642,7 +643,7 @@ impl Shared {
                 limit,
             });
         }
-        self.with_held(lease, hash, |held| {
+        self.with_held(lease, hash, |held, _| {
             Change::Put(decision::checkpointed_record(held, checkpoint.clone()))
         })
     }

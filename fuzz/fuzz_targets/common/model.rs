@@ -181,7 +181,7 @@ pub fn apply(
             if removed_while_expired(model, &h, &got, now) {
                 return Ok(());
             }
-            let expected = authorize(model, &h);
+            let expected = authorize(model, &h, now);
             same_result(&got, &expected, "complete");
             if expected.is_ok() {
                 let r = model.records.get_mut(&h.id).expect("authorized");
@@ -199,7 +199,7 @@ pub fn apply(
             if removed_while_expired(model, &h, &got, now) {
                 return Ok(());
             }
-            let expected = authorize(model, &h);
+            let expected = authorize(model, &h, now);
             same_result(&got, &expected, "release");
             if expected.is_ok() {
                 model.records.remove(&h.id);
@@ -217,7 +217,7 @@ pub fn apply(
             if removed_while_expired(model, &h, &got, now) {
                 return Ok(());
             }
-            let expected = authorize(model, &h);
+            let expected = authorize(model, &h, now);
             same_result(&got, &expected, "extend");
             if expected.is_ok() {
                 let r = model.records.get_mut(&h.id).expect("authorized");
@@ -242,7 +242,7 @@ pub fn apply(
             if removed_while_expired(model, &h, &got, now) {
                 return Ok(());
             }
-            let expected = authorize(model, &h);
+            let expected = authorize(model, &h, now);
             same_result(&got, &expected, "checkpoint");
             if expected.is_ok() {
                 model.records.get_mut(&h.id).expect("authorized").checkpoint = Some(bytes);
@@ -316,8 +316,9 @@ pub fn duration_ms(d: Duration) -> u64 {
 }
 
 /// The model's answer to an operation under a held token.
-fn authorize(model: &Model, h: &Held) -> Result<(), Option<u64>> {
+fn authorize(model: &Model, h: &Held, now: u64) -> Result<(), Option<u64>> {
     match model.records.get(&h.id) {
+        Some(r) if now >= r.expires_at => Err(None),
         Some(r) if r.token == h.lease.token && r.in_flight_until.is_some() => Ok(()),
         Some(r) => Err(Some(r.token)),
         None => Err(None),
