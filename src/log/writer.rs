@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -25,6 +25,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::format::{self, HEADER_LEN};
 use super::fs::FileSystem;
+use super::index::SEGMENT_SPAN;
 use super::segment::{pos, pos_offset, Pos, Segment};
 use crate::config::Durability;
 use crate::error::{Error, Result};
@@ -65,6 +66,9 @@ pub(crate) struct Log {
     segment_size: u64,
     disk_budget: Option<u64>,
     tail: CachePadded<Mutex<Tail>>,
+    /// The head segment's id (also in `tail`), read without its lock to
+    /// resolve the segment ids the index keeps modulo `SEGMENT_SPAN`.
+    head_id: AtomicU32,
     io: Mutex<Io>,
     written: CachePadded<AtomicU64>,
     durable: CachePadded<AtomicU64>,
@@ -120,6 +124,7 @@ impl Log {
     ) -> (Log, Receiver<()>) {
         let (kick, kicked) = crossbeam_channel::bounded(1);
         let start = pos(head.id, head_end);
+        let head_id = AtomicU32::new(head.id);
         let bytes_on_disk = segments.values().map(|s| s.size).sum();
         let max_tokens: Box<[CachePadded<AtomicU64>]> = (0..settings.shards.max(1))
             .map(|_| CachePadded::new(AtomicU64::new(max_token)))
@@ -137,6 +142,7 @@ impl Log {
                 head_end,
                 records: 0,
             })),
+            head_id,
             io: Mutex::new(Io {
                 spare: Vec::with_capacity(1 << 16),
                 unsynced_records: 0,
@@ -399,6 +405,16 @@ impl Log {
                 std::io::Error::other("segment ids are exhausted"),
             )
         })?;
+        // The index keeps segment ids modulo SEGMENT_SPAN.
+        let oldest = self.segments.read().keys().next().copied().unwrap_or(id);
+        if id - oldest >= SEGMENT_SPAN {
+            return Err(Error::io(
+                format!("cannot start a new segment in {}", self.dir.display()),
+                std::io::Error::other(format!(
+                    "the log would span {SEGMENT_SPAN} segment files; run maintenance or use larger segments"
+                )),
+            ));
+        }
         // Room for the mark a roll appends first.
         let size = self
             .segment_size
@@ -429,6 +445,7 @@ impl Log {
             t.buf_pos = new_start;
             t.head_end = HEADER_LEN;
             let old = std::mem::replace(&mut t.head, seg);
+            self.head_id.store(id, Ordering::Release);
             (start, old, std::mem::take(&mut t.records))
         };
         let written = old
@@ -475,7 +492,7 @@ impl Log {
 
     /// The head segment's id.
     pub(crate) fn head_id(&self) -> u32 {
-        self.tail.lock().head.id
+        self.head_id.load(Ordering::Acquire)
     }
 
     /// Deletes a segment file that holds nothing live; the deletion is made
