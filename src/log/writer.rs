@@ -5,8 +5,9 @@
 //! Two positions tell callers how far their frames got: `written` (handed to
 //! the operating system) and `durable` (synced). What a caller waits for
 //! depends on the durability:
-//! * `Sync`: the writer thread writes and syncs whenever kicked; callers
-//!   wait for `durable`.
+//! * `Sync`: a caller whose frame is not durable yet writes and syncs the
+//!   buffer itself if no one else is writing; otherwise the writer thread,
+//!   kicked, writes and syncs; callers wait for `durable`.
 //! * `Buffered`: a caller writes the buffer itself (or finds it written by
 //!   another caller); the writer thread syncs every `max_delay`.
 //! * `None`: callers return at once; the writer thread writes the buffer
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver};
 use crossbeam_utils::CachePadded;
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Mutex, RwLock};
 
 use super::format::{self, HEADER_LEN};
 use super::fs::FileSystem;
@@ -72,8 +73,9 @@ pub(crate) struct Log {
     io: Mutex<Io>,
     written: CachePadded<AtomicU64>,
     durable: CachePadded<AtomicU64>,
-    wait_lock: Mutex<()>,
-    wake: Condvar,
+    /// Callers waiting for `durable` to reach a position, woken one by one
+    /// (each by its own unpark, so they do not queue on a lock to wake).
+    waiters: Mutex<Vec<(Pos, std::thread::Thread)>>,
     poisoned: AtomicBool,
     poison_cause: Mutex<Option<String>>,
     pub(crate) segments: RwLock<BTreeMap<u32, Arc<Segment>>>,
@@ -149,8 +151,7 @@ impl Log {
             }),
             written: CachePadded::new(AtomicU64::new(start)),
             durable: CachePadded::new(AtomicU64::new(start)),
-            wait_lock: Mutex::new(()),
-            wake: Condvar::new(),
+            waiters: Mutex::new(Vec::new()),
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
             segments: RwLock::new(segments),
@@ -182,8 +183,7 @@ impl Log {
     fn poison(&self, cause: String) -> Error {
         let cause = self.poison_cause.lock().get_or_insert(cause).clone();
         self.poisoned.store(true, Ordering::Release);
-        let _g = self.wait_lock.lock();
-        self.wake.notify_all();
+        self.wake_waiters(Pos::MAX);
         Error::Poisoned { cause }
     }
 
@@ -250,14 +250,53 @@ impl Log {
         if self.durable.load(Ordering::Acquire) >= end {
             return Ok(());
         }
-        let _ = self.kick.try_send(());
-        let mut g = self.wait_lock.lock();
-        loop {
-            self.check()?;
-            if self.durable.load(Ordering::Acquire) >= end {
-                return Ok(());
+        // Nobody is writing: write and sync here, sparing the hand-off to
+        // the writer thread and back. Callers that find it busy leave their
+        // frames to the next sync (group commit), by whichever thread.
+        if let Some(mut io) = self.io.try_lock() {
+            if self.durable.load(Ordering::Acquire) < end {
+                self.sync(&mut io, false)?;
             }
-            self.wake.wait(&mut g);
+            if self.durable.load(Ordering::Acquire) >= end {
+                return self.check();
+            }
+        }
+        let _ = self.kick.try_send(());
+        loop {
+            {
+                // Checked under the lock a waker takes after moving
+                // `durable` or poisoning: no wakeup is lost.
+                let mut waiters = self.waiters.lock();
+                self.check()?;
+                if self.durable.load(Ordering::Acquire) >= end {
+                    return Ok(());
+                }
+                waiters.push((end, std::thread::current()));
+            }
+            std::thread::park();
+        }
+    }
+
+    /// Wakes the waiters for positions up to `upto`.
+    fn wake_waiters(&self, upto: Pos) {
+        let ready: Vec<std::thread::Thread> = {
+            let mut waiters = self.waiters.lock();
+            if waiters.is_empty() {
+                return;
+            }
+            let mut ready = Vec::new();
+            waiters.retain(|(end, thread)| {
+                if *end <= upto {
+                    ready.push(thread.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            ready
+        };
+        for thread in ready {
+            thread.unpark();
         }
     }
 
@@ -333,8 +372,7 @@ impl Log {
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.records_synced.fetch_add(records, Ordering::Relaxed);
         self.durable.store(target, Ordering::Release);
-        let _g = self.wait_lock.lock();
-        self.wake.notify_all();
+        self.wake_waiters(target);
     }
 
     fn append_mark(&self, synced_upto: Pos) {
