@@ -175,11 +175,22 @@ impl IdentityHash {
     /// The hash of an identity given as its stored parts (recovery reads
     /// them from disk without building a key).
     pub(crate) fn of_parts(secret: &[u8; 32], scope: &[u8], key: &[u8]) -> Self {
-        let mut h = blake3::Hasher::new_keyed(secret);
-        h.update(&(scope.len() as u64).to_le_bytes());
-        h.update(scope);
-        h.update(key);
-        let out = h.finalize();
+        // Usual identities fit one buffer: the one-shot hash skips the
+        // incremental hasher's bookkeeping (same bytes, same hash).
+        let mut buf = [0u8; 128];
+        let n = 8 + scope.len() + key.len();
+        let out = if n <= buf.len() {
+            buf[..8].copy_from_slice(&(scope.len() as u64).to_le_bytes());
+            buf[8..8 + scope.len()].copy_from_slice(scope);
+            buf[8 + scope.len()..n].copy_from_slice(key);
+            blake3::keyed_hash(secret, &buf[..n])
+        } else {
+            let mut h = blake3::Hasher::new_keyed(secret);
+            h.update(&(scope.len() as u64).to_le_bytes());
+            h.update(scope);
+            h.update(key);
+            h.finalize()
+        };
         let b = out.as_bytes();
         IdentityHash {
             table: u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
@@ -197,6 +208,23 @@ mod tests {
             max_key_len: key,
             max_scope_len: scope,
             ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn identity_hash_is_the_same_for_short_and_long_identities() {
+        let secret = [3u8; 32];
+        for (scope, key) in [(0usize, 1usize), (10, 30), (40, 80), (300, 400)] {
+            let scope = vec![b's'; scope];
+            let key = vec![b'k'; key];
+            let mut h = blake3::Hasher::new_keyed(&secret);
+            h.update(&(scope.len() as u64).to_le_bytes());
+            h.update(&scope);
+            h.update(&key);
+            let b = *h.finalize().as_bytes();
+            let got = IdentityHash::of_parts(&secret, &scope, &key);
+            assert_eq!(got.table, u64::from_le_bytes(b[0..8].try_into().unwrap()));
+            assert_eq!(got.shard, u32::from_le_bytes(b[8..12].try_into().unwrap()));
         }
     }
 

@@ -141,7 +141,7 @@ impl LogEngine {
     /// identity for every entry whose hash matches.
     fn find(&self, shard: &Shard, id: &Identity<'_>, hash: u32) -> Result<Option<Found>> {
         for e in shard.table.iter_hash(table_hash(hash)) {
-            if e.hash != hash {
+            if e.hash() != hash {
                 continue;
             }
             if e.in_flight() {
@@ -155,12 +155,12 @@ impl LogEngine {
                     continue;
                 }
             }
-            let mut r = self.read(e)?;
+            let mut r = self.read(shard, e)?;
             if r.key == *id.key {
                 if e.lease_void() {
                     index::void_lease(&mut r, self.opened_at);
                 }
-                r.replays = u64::from(e.replays);
+                r.replays = shard.replays_of(e);
                 return Ok(Some(Found {
                     entry: *e,
                     from_disk: Some(r),
@@ -170,10 +170,13 @@ impl LogEngine {
         Ok(None)
     }
 
-    fn read(&self, e: &Entry) -> Result<Record> {
-        let payload = self.log.read_payload(e.segment, e.offset, e.len())?;
+    fn read(&self, shard: &Shard, e: &Entry) -> Result<Record> {
+        let segment = e.segment(self.log.head_id());
+        let payload = self
+            .log
+            .read_payload(segment, e.offset, shard.frame_len(e))?;
         format::decode_put(&payload).map_err(|reason| Error::Corrupt {
-            file: self.log.dir.join(super::segment::file_name(e.segment)),
+            file: self.log.dir.join(super::segment::file_name(segment)),
             offset: u64::from(e.offset),
             reason: reason.into(),
         })
@@ -220,8 +223,8 @@ impl Engine for LogEngine {
         let wait_for = match change {
             Change::Keep => shard.last_end,
             Change::Replayed => {
-                if let Some(e) = found.as_ref().and_then(|f| shard.entry_mut(&f.entry)) {
-                    e.replays = e.replays.saturating_add(1);
+                if let Some(f) = &found {
+                    shard.count_replay(&f.entry);
                 }
                 shard.last_end
             }
@@ -240,12 +243,11 @@ impl Engine for LogEngine {
                     loc,
                     record.is_in_flight(),
                     record.expires_at.as_millis(),
-                    record.replays,
                 );
-                match &found {
-                    Some(f) => shard.replace(&f.entry, entry),
-                    None => shard.insert(entry),
+                if let Some(f) = &found {
+                    shard.remove(&f.entry);
                 }
+                shard.insert(entry, loc.len, record.replays);
                 if record.is_in_flight() {
                     shard.cache(&entry, record);
                 }

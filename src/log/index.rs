@@ -1,62 +1,97 @@
-//! The in-memory index: per shard, a hash table of 24-byte entries saying
+//! The in-memory index: per shard, a hash table of 16-byte entries saying
 //! where each identity's current record is on disk, plus the few fields the
 //! hot path and maintenance need. Responses stay on disk. Records in flight
 //! are also kept whole in a small side table, since `complete` reads them
-//! right after `reserve` wrote them.
+//! right after `reserve` wrote them; the rare frames too long for an entry's
+//! length field and the replay counters of replayed records live in side
+//! tables too, so that the common entry stays at 16 bytes.
 
-use hashbrown::HashTable;
+use hashbrown::{HashMap, HashTable};
 
 use super::segment::Pos;
 use super::writer::Loc;
 use crate::clock::Timestamp;
 use crate::record::{Record, RecordState};
 
-const IN_FLIGHT: u32 = 1 << 31;
-const LEASE_VOID: u32 = 1 << 30;
+/// Bits of the identity hash an entry keeps.
+pub(crate) const HASH_BITS: u32 = 24;
+/// Mask of the kept identity hash bits.
+pub(crate) const HASH_MASK: u32 = (1 << HASH_BITS) - 1;
+/// An entry keeps a segment id modulo this; the log never spans this many
+/// segments (a roll refuses to), so the id is recovered from the head's.
+pub(crate) const SEGMENT_SPAN: u32 = 1 << 24;
+const SEGMENT_MASK: u32 = SEGMENT_SPAN - 1;
+
+const IN_FLIGHT: u32 = 1 << 15;
+const LEASE_VOID: u32 = 1 << 14;
+/// Frame lengths up to this are kept in the entry; 0 means "in the side
+/// table".
 const LEN_MASK: u32 = LEASE_VOID - 1;
 
-/// Where an identity's current record is. The 32-bit hash only narrows the
+/// Where an identity's current record is. The 24-bit hash only narrows the
 /// search: a match is confirmed against the full identity read back from
 /// disk (or from the in-flight side table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Entry {
-    pub(crate) hash: u32,
-    pub(crate) segment: u32,
+    /// Identity hash (24 bits) << 8 | segment id bits 16..24.
+    tag: u32,
     pub(crate) offset: u32,
-    len_flags: u32,
     /// Expiry in whole seconds, rounded up: maintenance removes the entry
     /// once this has passed (decisions use the exact time on the record).
     expires_secs: u32,
-    pub(crate) replays: u32,
+    /// Segment id bits 0..16 << 16 | in flight | lease void | frame length
+    /// (14 bits; 0 when it does not fit).
+    meta: u32,
 }
 
 impl Entry {
-    pub(crate) fn new(hash: u32, loc: Loc, in_flight: bool, expires_at: u64, replays: u64) -> Self {
+    /// `hash` must already be cut to [`HASH_BITS`].
+    pub(crate) fn new(hash: u32, loc: Loc, in_flight: bool, expires_at: u64) -> Self {
+        let seg = loc.segment & SEGMENT_MASK;
+        let len = if loc.len <= LEN_MASK { loc.len } else { 0 };
         Entry {
-            hash,
-            segment: loc.segment,
+            tag: (hash & HASH_MASK) << 8 | seg >> 16,
             offset: loc.offset,
-            len_flags: (loc.len & LEN_MASK) | if in_flight { IN_FLIGHT } else { 0 },
             expires_secs: u32::try_from(expires_at.div_ceil(1000)).unwrap_or(u32::MAX),
-            replays: u32::try_from(replays).unwrap_or(u32::MAX),
+            meta: (seg & 0xFFFF) << 16 | if in_flight { IN_FLIGHT } else { 0 } | len,
         }
     }
 
-    pub(crate) fn len(&self) -> u32 {
-        self.len_flags & LEN_MASK
+    pub(crate) fn hash(&self) -> u32 {
+        self.tag >> 8
+    }
+
+    fn segment_bits(&self) -> u32 {
+        (self.tag & 0xFF) << 16 | self.meta >> 16
+    }
+
+    /// The full segment id, given the id of a segment at or after it that
+    /// is less than [`SEGMENT_SPAN`] ids ahead (the head of the log).
+    pub(crate) fn segment(&self, head: u32) -> u32 {
+        head.wrapping_sub(head.wrapping_sub(self.segment_bits()) & SEGMENT_MASK)
+    }
+
+    /// A key naming the frame, unique among the live entries.
+    pub(crate) fn place(&self) -> u64 {
+        u64::from(self.segment_bits()) << 32 | u64::from(self.offset)
+    }
+
+    fn short_len(&self) -> Option<u32> {
+        let n = self.meta & LEN_MASK;
+        (n != 0).then_some(n)
     }
 
     pub(crate) fn in_flight(&self) -> bool {
-        self.len_flags & IN_FLIGHT != 0
+        self.meta & IN_FLIGHT != 0
     }
 
     /// In flight in a previous process whose lease no longer holds.
     pub(crate) fn lease_void(&self) -> bool {
-        self.len_flags & LEASE_VOID != 0
+        self.meta & LEASE_VOID != 0
     }
 
     pub(crate) fn void_lease(&mut self) {
-        self.len_flags |= LEASE_VOID;
+        self.meta |= LEASE_VOID;
     }
 
     pub(crate) fn is_expired(&self, now: Timestamp) -> bool {
@@ -64,20 +99,22 @@ impl Entry {
     }
 
     pub(crate) fn same_place(&self, other: &Entry) -> bool {
-        self.segment == other.segment && self.offset == other.offset
+        self.place() == other.place()
     }
 
-    pub(crate) fn move_to(&mut self, loc: Loc) {
-        self.segment = loc.segment;
-        self.offset = loc.offset;
+    /// The same entry at `loc` (same frame length).
+    fn moved_to(&self, loc: Loc) -> Entry {
+        let mut e = Entry::new(self.hash(), loc, self.in_flight(), 0);
+        e.expires_secs = self.expires_secs;
+        e.meta = e.meta & !(LEN_MASK | LEASE_VOID) | self.meta & (LEN_MASK | LEASE_VOID);
+        e
     }
 }
 
 /// An in-flight record kept whole, found by its entry's place on disk.
 pub(crate) struct Cached {
     pub(crate) hash: u32,
-    pub(crate) segment: u32,
-    pub(crate) offset: u32,
+    pub(crate) place: u64,
     pub(crate) record: Record,
 }
 
@@ -86,6 +123,10 @@ pub(crate) struct Cached {
 pub(crate) struct Shard {
     pub(crate) table: HashTable<Entry>,
     pub(crate) cache: HashTable<Cached>,
+    /// Frame lengths that do not fit an entry, by place.
+    long_lens: HashMap<u64, u32>,
+    /// Replays since the open, by place, of the records replayed.
+    replays: HashMap<u64, u64>,
     /// End of the last frame appended for this shard: a caller that saw
     /// this shard's state waits until it is durable before answering.
     pub(crate) last_end: Pos,
@@ -93,56 +134,86 @@ pub(crate) struct Shard {
     pub(crate) live_bytes: u64,
 }
 
-/// The table hash of a 32-bit entry hash, spread over 64 bits for hashbrown.
+/// The table hash of an entry hash, spread over 64 bits for hashbrown.
 pub(crate) fn table_hash(hash: u32) -> u64 {
     u64::from(hash).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 impl Shard {
-    /// Inserts a new entry.
-    pub(crate) fn insert(&mut self, e: Entry) {
+    /// The length of the frame `e` points at.
+    pub(crate) fn frame_len(&self, e: &Entry) -> u32 {
+        match e.short_len() {
+            Some(n) => n,
+            None => self.long_lens.get(&e.place()).copied().unwrap_or(0),
+        }
+    }
+
+    /// Replays counted for `e`'s record since the open.
+    pub(crate) fn replays_of(&self, e: &Entry) -> u64 {
+        self.replays.get(&e.place()).copied().unwrap_or(0)
+    }
+
+    /// Counts one replay of `e`'s record.
+    pub(crate) fn count_replay(&mut self, e: &Entry) {
+        let n = self.replays.entry(e.place()).or_insert(0);
+        *n = n.saturating_add(1);
+    }
+
+    /// Inserts a new entry for a frame of `len` bytes whose record was
+    /// replayed `replays` times.
+    pub(crate) fn insert(&mut self, e: Entry, len: u32, replays: u64) {
         self.in_flight += u64::from(e.in_flight());
-        self.live_bytes += u64::from(e.len());
+        self.live_bytes += u64::from(len);
+        if e.short_len().is_none() {
+            self.long_lens.insert(e.place(), len);
+        }
+        if replays > 0 {
+            self.replays.insert(e.place(), replays);
+        }
         self.table
-            .insert_unique(table_hash(e.hash), e, |x| table_hash(x.hash));
+            .insert_unique(table_hash(e.hash()), e, |x| table_hash(x.hash()));
     }
 
-    /// Replaces the entry at `old`'s place with `new` (same identity).
-    pub(crate) fn replace(&mut self, old: &Entry, new: Entry) {
-        self.remove(old);
-        self.insert(new);
-    }
-
-    /// Removes the entry at `old`'s place, and its cached record.
+    /// Removes the entry at `old`'s place, and what the side tables hold
+    /// for it.
     pub(crate) fn remove(&mut self, old: &Entry) {
-        let th = table_hash(old.hash);
+        let th = table_hash(old.hash());
         if let Ok(found) = self.table.find_entry(th, |x| x.same_place(old)) {
             let (e, _) = found.remove();
-            self.in_flight -= u64::from(e.in_flight());
-            self.live_bytes -= u64::from(e.len());
-        }
-        if old.in_flight() {
-            self.uncache(old);
+            self.forget(&e);
         }
     }
 
-    pub(crate) fn uncache(&mut self, old: &Entry) {
-        let th = table_hash(old.hash);
-        if let Ok(c) = self
-            .cache
-            .find_entry(th, |c| c.segment == old.segment && c.offset == old.offset)
-        {
+    /// Drops the side-table state and counts of an entry taken out of the
+    /// table.
+    pub(crate) fn forget(&mut self, e: &Entry) {
+        let len = self.frame_len(e);
+        self.in_flight -= u64::from(e.in_flight());
+        self.live_bytes -= u64::from(len);
+        if e.short_len().is_none() {
+            self.long_lens.remove(&e.place());
+        }
+        if !self.replays.is_empty() {
+            self.replays.remove(&e.place());
+        }
+        if e.in_flight() {
+            self.uncache(e);
+        }
+    }
+
+    fn uncache(&mut self, old: &Entry) {
+        let th = table_hash(old.hash());
+        if let Ok(c) = self.cache.find_entry(th, |c| c.place == old.place()) {
             c.remove();
         }
     }
 
     pub(crate) fn cache(&mut self, e: &Entry, record: Record) {
         self.cache.insert_unique(
-            table_hash(e.hash),
+            table_hash(e.hash()),
             Cached {
-                hash: e.hash,
-                segment: e.segment,
-                offset: e.offset,
+                hash: e.hash(),
+                place: e.place(),
                 record,
             },
             |c| table_hash(c.hash),
@@ -151,14 +222,57 @@ impl Shard {
 
     pub(crate) fn cached(&self, e: &Entry) -> Option<&Record> {
         self.cache
-            .find(table_hash(e.hash), |c| {
-                c.segment == e.segment && c.offset == e.offset
-            })
+            .find(table_hash(e.hash()), |c| c.place == e.place())
             .map(|c| &c.record)
     }
 
-    pub(crate) fn entry_mut(&mut self, e: &Entry) -> Option<&mut Entry> {
-        self.table.find_mut(table_hash(e.hash), |x| x.same_place(e))
+    /// Removes the entries expired at `now`, adding the frame bytes of the
+    /// others to `live` by segment (`head`: the log's head segment id);
+    /// returns how many were removed.
+    pub(crate) fn expire(
+        &mut self,
+        now: Timestamp,
+        head: u32,
+        live: &mut std::collections::BTreeMap<u32, u64>,
+    ) -> u64 {
+        let mut gone = Vec::new();
+        let long_lens = &self.long_lens;
+        self.table.retain(|e| {
+            if e.is_expired(now) {
+                gone.push(*e);
+                return false;
+            }
+            let len = match e.short_len() {
+                Some(n) => n,
+                None => long_lens.get(&e.place()).copied().unwrap_or(0),
+            };
+            *live.entry(e.segment(head)).or_default() += u64::from(len);
+            true
+        });
+        for e in &gone {
+            self.forget(e);
+        }
+        gone.len() as u64
+    }
+
+    /// Points the entry at `old`'s place to its copy at `loc`, with its
+    /// side-table state.
+    pub(crate) fn move_entry(&mut self, old: &Entry, loc: Loc) {
+        let th = table_hash(old.hash());
+        let Some(e) = self.table.find_mut(th, |x| x.same_place(old)) else {
+            return;
+        };
+        let new = old.moved_to(loc);
+        *e = new;
+        if let Some(len) = self.long_lens.remove(&old.place()) {
+            self.long_lens.insert(new.place(), len);
+        }
+        if let Some(n) = self.replays.remove(&old.place()) {
+            self.replays.insert(new.place(), n);
+        }
+        if let Some(c) = self.cache.find_mut(th, |c| c.place == old.place()) {
+            c.place = new.place();
+        }
     }
 }
 
@@ -176,25 +290,71 @@ pub(crate) fn void_lease(record: &mut Record, opened_at: Timestamp) {
 mod tests {
     use super::*;
 
+    fn loc(segment: u32, offset: u32, len: u32) -> Loc {
+        Loc {
+            segment,
+            offset,
+            len,
+        }
+    }
+
     #[test]
-    fn entries_are_24_bytes() {
-        assert_eq!(std::mem::size_of::<Entry>(), 24);
+    fn entries_are_16_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>(), 16);
     }
 
     #[test]
     fn expiry_rounds_up_to_whole_seconds() {
-        let loc = Loc {
-            segment: 1,
-            offset: 32,
-            len: 100,
-        };
-        let e = Entry::new(7, loc, true, 1_500, 0);
+        let e = Entry::new(7, loc(1, 32, 100), true, 1_500);
         assert!(!e.is_expired(Timestamp::from_millis(1_999)));
         assert!(e.is_expired(Timestamp::from_millis(2_000)));
         assert!(e.in_flight());
-        assert_eq!(e.len(), 100);
-        let never = Entry::new(7, loc, false, u64::MAX, u64::MAX);
+        assert_eq!(e.short_len(), Some(100));
+        let never = Entry::new(7, loc(1, 32, 100), false, u64::MAX);
         assert!(!never.is_expired(Timestamp::from_millis(u64::from(u32::MAX - 1) * 1000)));
-        assert_eq!(never.replays, u32::MAX);
+    }
+
+    #[test]
+    fn segment_ids_come_back_within_the_span() {
+        for (seg, head) in [
+            (1, 1),
+            (1, 5),
+            (0x00AB_CDEF, 0x00AB_CDEF),
+            (0x0100_0001, 0x01FF_FFFF),
+            (0x00FF_FFFF, 0x0100_0003),
+            (u32::MAX - 3, u32::MAX),
+        ] {
+            let e = Entry::new(HASH_MASK, loc(seg, 99, 40), false, 0);
+            assert_eq!(
+                e.segment(head),
+                seg,
+                "segment {seg:#x} under head {head:#x}"
+            );
+            assert_eq!(e.hash(), HASH_MASK);
+            assert_eq!(e.offset, 99);
+        }
+    }
+
+    #[test]
+    fn long_frames_and_replays_live_in_side_tables() {
+        let mut s = Shard::default();
+        let big = Entry::new(5, loc(3, 64, 1 << 20), false, 10_000);
+        assert_eq!(big.short_len(), None);
+        s.insert(big, 1 << 20, 2);
+        assert_eq!(s.frame_len(&big), 1 << 20);
+        assert_eq!(s.replays_of(&big), 2);
+        s.count_replay(&big);
+        assert_eq!(s.replays_of(&big), 3);
+        assert_eq!(s.live_bytes, 1 << 20);
+        s.move_entry(&big, loc(9, 128, 1 << 20));
+        let moved = *s.table.iter().next().unwrap();
+        assert_eq!(moved.segment(9), 9);
+        assert_eq!(moved.offset, 128);
+        assert_eq!(s.frame_len(&moved), 1 << 20);
+        assert_eq!(s.replays_of(&moved), 3);
+        assert!(!moved.is_expired(Timestamp::from_millis(9_999)));
+        s.remove(&moved);
+        assert_eq!(s.live_bytes, 0);
+        assert!(s.long_lens.is_empty() && s.replays.is_empty() && s.table.is_empty());
     }
 }

@@ -32,30 +32,11 @@ pub(super) fn maintain(engine: &LogEngine, now: Timestamp) -> Result<Maintenance
     // 1. Expire entries, one shard at a time, and count live bytes per
     //    segment.
     let mut live: BTreeMap<u32, u64> = BTreeMap::new();
+    let head = engine.log.head_id();
     for shard in engine.shards.iter() {
-        let mut guard = shard.lock();
-        let s = &mut *guard;
-        let mut gone = Vec::new();
-        s.table.retain(|e| {
-            if e.is_expired(now) {
-                gone.push(*e);
-                false
-            } else {
-                *live.entry(e.segment).or_default() += u64::from(e.len());
-                true
-            }
-        });
-        for e in &gone {
-            s.in_flight -= u64::from(e.in_flight());
-            s.live_bytes -= u64::from(e.len());
-            if e.in_flight() {
-                s.uncache(e);
-            }
-        }
-        report.expired += gone.len() as u64;
+        report.expired += shard.lock().expire(now, head, &mut live);
     }
     // 2. Free the oldest segments.
-    let head = engine.log.head_id();
     let segments: Vec<(u32, u64)> = engine
         .log
         .segments
@@ -122,27 +103,18 @@ fn copy_forward(engine: &LogEngine, seg: &Segment) -> Result<(u64, u64)> {
     for shard in engine.shards.iter() {
         let mut guard = shard.lock();
         let s = &mut *guard;
+        let head = engine.log.head_id();
         let movers: Vec<_> = s
             .table
             .iter()
-            .filter(|e| e.segment == seg.id)
+            .filter(|e| e.segment(head) == seg.id)
             .copied()
             .collect();
         for old in movers {
             // Checked on the way, so corruption is never copied.
-            let frame = seg.read_frame(old.offset, old.len())?;
+            let frame = seg.read_frame(old.offset, s.frame_len(&old))?;
             let loc = engine.log.append(&frame)?;
-            if let Some(e) = s.entry_mut(&old) {
-                e.move_to(loc);
-            }
-            if old.in_flight() {
-                if let Some(c) = s.cache.find_mut(super::index::table_hash(old.hash), |c| {
-                    c.segment == old.segment && c.offset == old.offset
-                }) {
-                    c.segment = loc.segment;
-                    c.offset = loc.offset;
-                }
-            }
+            s.move_entry(&old, loc);
             s.last_end = loc.end();
             records += 1;
             bytes += u64::from(loc.len);

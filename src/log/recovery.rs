@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use super::format::{self, FrameHeader, Summary, FRAME_OVERHEAD, HEADER_LEN};
 use super::fs::FileSystem;
-use super::index::{table_hash, Entry, Shard};
-use super::segment::{classify, pos, Name, Segment, Window};
+use super::index::{table_hash, Entry, Shard, HASH_MASK, SEGMENT_SPAN};
+use super::segment::{classify, pos, Name, Pos, Segment, Window};
 use super::writer::Loc;
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
@@ -49,7 +49,10 @@ pub(crate) struct Opened {
 
 /// The hashes the engine uses for an identity: (entry hash, shard index).
 pub(crate) fn hashes(h: IdentityHash, shards: usize, hash_mask: u32) -> (u32, usize) {
-    (h.table as u32 & hash_mask, h.shard as usize & (shards - 1))
+    (
+        h.table as u32 & hash_mask & HASH_MASK,
+        h.shard as usize & (shards - 1),
+    )
 }
 
 /// Scans the directory and builds the index.
@@ -67,6 +70,104 @@ struct State {
     max_token: u64,
     synced_max: u64,
     first_bad: Option<(usize, u64, &'static str)>,
+    hints: Hints,
+}
+
+/// Identity hashes made ahead by the helper thread, by log position.
+/// (position, payload length, identity hash) of frames whose checksums hold.
+type HashBatch = Vec<(Pos, u32, IdentityHash)>;
+const HASH_BATCH: usize = 4096;
+
+/// The scan's end of the helper's channel.
+struct Hints {
+    rx: Option<crossbeam_channel::Receiver<HashBatch>>,
+    batch: HashBatch,
+    next: usize,
+}
+
+impl Hints {
+    /// What the helper found at `at` (payload length, identity hash), if
+    /// it found a valid frame there. Positions only grow, so entries for
+    /// earlier positions are passed by.
+    fn find(&mut self, at: Pos) -> Option<(u32, IdentityHash)> {
+        loop {
+            if let Some(&(p, len, h)) = self.batch.get(self.next) {
+                if p > at {
+                    return None;
+                }
+                if p == at {
+                    return Some((len, h));
+                }
+                self.next += 1;
+                continue;
+            }
+            match self.rx.as_ref()?.recv() {
+                Ok(batch) => {
+                    self.batch = batch;
+                    self.next = 0;
+                }
+                Err(_) => {
+                    self.rx = None;
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// The helper thread: walks the frames of every segment, stopping a segment
+/// at the first frame that does not check out, and sends the position,
+/// length and identity hash of each valid record and tombstone. The scan
+/// still reads every frame header itself and uses a helper's finding only
+/// for a frame of the same length at the very same position.
+fn hash_ahead(segs: &[Segment], secret: &[u8; 32], tx: &crossbeam_channel::Sender<HashBatch>) {
+    let mut batch = Vec::with_capacity(HASH_BATCH);
+    let mut buf = Vec::new();
+    for seg in segs {
+        let mut w = Window::new(seg, buf);
+        let mut at = u64::from(HEADER_LEN);
+        while at + 8 <= seg.size {
+            let Ok(header) = w.get(at, 8) else { break };
+            let FrameHeader::Len(n) = format::frame_header(header) else {
+                break;
+            };
+            if at + (n + FRAME_OVERHEAD) as u64 > seg.size {
+                break;
+            }
+            let Ok(bytes) = w.get(at + 8, n + 4) else {
+                break;
+            };
+            if !format::payload_ok(bytes) {
+                break;
+            }
+            let (scope, key) = match format::summarize(&bytes[..n]) {
+                Ok(Summary::Put { scope, key, .. }) | Ok(Summary::Tombstone { scope, key }) => {
+                    (scope, key)
+                }
+                Ok(Summary::Mark { .. }) => {
+                    at += (n + FRAME_OVERHEAD) as u64;
+                    continue;
+                }
+                Err(_) => break,
+            };
+            batch.push((
+                pos(seg.id, at as u32),
+                n as u32,
+                IdentityHash::of_parts(secret, scope, key),
+            ));
+            if batch.len() == HASH_BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(HASH_BATCH));
+                if tx.send(full).is_err() {
+                    return;
+                }
+            }
+            at += (n + FRAME_OVERHEAD) as u64;
+        }
+        buf = w.into_buf();
+    }
+    if !batch.is_empty() {
+        let _ = tx.send(batch);
+    }
 }
 
 fn io_err(what: &str, path: &Path) -> impl FnOnce(io::Error) -> Error {
@@ -93,6 +194,19 @@ fn scan_once(p: &Params<'_>) -> Result<Option<Opened>> {
         }
     }
     ids.sort_unstable();
+    if let (Some(&first), Some(&last)) = (ids.first(), ids.last()) {
+        // The index keeps segment ids modulo SEGMENT_SPAN; the writer never
+        // lets the log span more.
+        if last - first >= SEGMENT_SPAN {
+            return Err(Error::Corrupt {
+                file: p.dir.join(super::segment::file_name(first)),
+                offset: 0,
+                reason: format!(
+                    "segment files {first:#x} to {last:#x} span more than {SEGMENT_SPAN} ids"
+                ),
+            });
+        }
+    }
     let mut segs = Vec::with_capacity(ids.len());
     for id in ids {
         match Segment::open(p.fs, p.dir, id) {
@@ -104,20 +218,38 @@ fn scan_once(p: &Params<'_>) -> Result<Option<Opened>> {
             Err(e) => return Err(e),
         }
     }
-    let mut st = State {
-        shards: (0..p.shards).map(|_| Shard::default()).collect(),
-        max_token: 0,
-        synced_max: 0,
-        first_bad: None,
-    };
-    let mut buf = Vec::new();
     let mut head_end = HEADER_LEN;
-    for i in 0..segs.len() {
-        let mut w = Window::new(&segs[i], buf);
-        head_end = scan_segment(p, &segs, i, &mut w, &mut st)?;
-        buf = w.into_buf();
-    }
-    drop(buf);
+    let st = std::thread::scope(|scope| -> Result<State> {
+        // A helper thread hashes identities ahead of the scan (the keyed
+        // hash is the largest cost of a frame); the scan checks every frame
+        // itself and only takes a hash for the exact position it was made at.
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let segs_ref = &segs;
+        let secret = p.secret;
+        let helper = std::thread::Builder::new()
+            .name("idemlog-recovery".into())
+            .spawn_scoped(scope, move || hash_ahead(segs_ref, secret, &tx));
+        let mut st = State {
+            shards: (0..p.shards).map(|_| Shard::default()).collect(),
+            max_token: 0,
+            synced_max: 0,
+            first_bad: None,
+            hints: Hints {
+                rx: helper.is_ok().then_some(rx),
+                batch: Vec::new(),
+                next: 0,
+            },
+        };
+        let mut buf = Vec::new();
+        for i in 0..segs.len() {
+            let mut w = Window::new(&segs[i], buf);
+            head_end = scan_segment(p, &segs, i, &mut w, &mut st)?;
+            buf = w.into_buf();
+        }
+        // Closing the channel stops the helper if it is still going.
+        st.hints.rx = None;
+        Ok(st)
+    })?;
     if let Some((i, offset, reason)) = st.first_bad {
         if st.synced_max > pos(segs[i].id, offset as u32) {
             if p.repair {
@@ -193,20 +325,22 @@ fn scan_segment(
             }
             return Ok(at as u32);
         }
-        let check = check_frame(w, at, size)?;
+        let check = check_frame(w, at, size, segs[i].id, &mut st.hints)?;
         match check {
             Check::Valid(n) => {
-                let payload = w.get(at + 8, n)?.to_vec();
-                let summary = format::summarize(&payload).map_err(|_| ()).ok();
-                match summary {
+                // `check_frame` left the payload in the window: no copy.
+                let w: &Window<'_> = w;
+                let Some(payload) = w.peek(at + 8, n) else {
+                    unreachable!("check_frame read the payload into the window")
+                };
+                match format::summarize(payload).ok() {
                     Some(s) => {
                         let loc = Loc {
                             segment: segs[i].id,
                             offset: at as u32,
                             len: (n + FRAME_OVERHEAD) as u32,
                         };
-                        let summary = s;
-                        st.take(p, segs, summary, loc, w)?;
+                        st.take(p, segs, s, loc, w)?;
                         searching = false;
                         at += (n + FRAME_OVERHEAD) as u64;
                     }
@@ -246,7 +380,22 @@ enum Check {
     Bad(&'static str),
 }
 
-fn check_frame(w: &mut Window<'_>, at: u64, size: u64) -> Result<Check> {
+fn check_frame(
+    w: &mut Window<'_>,
+    at: u64,
+    size: u64,
+    segment: u32,
+    hints: &mut Hints,
+) -> Result<Check> {
+    // The helper checked this very frame already, header and payload (the
+    // same bytes: nothing writes during recovery).
+    if let Some((len, _)) = hints.find(pos(segment, at as u32)) {
+        let n = len as usize;
+        if at + (n + FRAME_OVERHEAD) as u64 <= size {
+            w.get(at + 8, n)?;
+            return Ok(Check::Valid(n));
+        }
+    }
     let n = match format::frame_header(w.get(at, 8)?) {
         FrameHeader::Zero => return Ok(Check::Zero),
         FrameHeader::Bad => return Ok(Check::Bad("frame length checksum mismatch")),
@@ -267,8 +416,16 @@ fn next_nonzero(w: &mut Window<'_>, from: u64, size: u64) -> Result<Option<u64>>
     let mut at = from;
     while at < size {
         let n = (size - at).min(CHUNK);
-        if let Some(i) = w.get(at, n as usize)?.iter().position(|&b| b != 0) {
-            return Ok(Some(at + i as u64));
+        let bytes = w.get(at, n as usize)?;
+        // Eight bytes at a time: this runs over the unwritten tail.
+        let words = bytes.chunks_exact(8);
+        let skipped = words
+            .clone()
+            .position(|c| c != [0u8; 8])
+            .unwrap_or(bytes.len() / 8)
+            * 8;
+        if let Some(i) = bytes[skipped..].iter().position(|&b| b != 0) {
+            return Ok(Some(at + (skipped + i) as u64));
         }
         at += n;
     }
@@ -314,15 +471,19 @@ impl State {
             Summary::Tombstone { scope, key } => (scope, key),
             Summary::Mark { .. } => return Ok(()),
         };
-        let (hash, si) = hashes(
-            IdentityHash::of_parts(p.secret, scope, key),
-            p.shards,
-            p.hash_mask,
-        );
+        let at = pos(loc.segment, loc.offset);
+        let id_hash = self
+            .hints
+            .find(at)
+            .map(|(_, h)| h)
+            .unwrap_or_else(|| IdentityHash::of_parts(p.secret, scope, key));
+        let (hash, si) = hashes(id_hash, p.shards, p.hash_mask);
         let shard = &mut self.shards[si];
         let mut existing = None;
         for e in shard.table.iter_hash(table_hash(hash)) {
-            if e.hash == hash && same_identity_at(segs, loc.segment, w, e, scope, key)? {
+            if e.hash() == hash
+                && same_identity_at(segs, loc.segment, w, e, shard.frame_len(e), scope, key)?
+            {
                 existing = Some(*e);
                 break;
             }
@@ -337,11 +498,11 @@ impl State {
         } = s
         {
             if Timestamp::from_millis(expires_at) > p.now {
-                let mut e = Entry::new(hash, loc, in_flight, expires_at, 0);
+                let mut e = Entry::new(hash, loc, in_flight, expires_at);
                 if in_flight && !p.keep_leases {
                     e.void_lease();
                 }
-                shard.insert(e);
+                shard.insert(e, loc.len, 0);
             }
         }
         Ok(())
@@ -354,23 +515,25 @@ fn same_identity_at(
     current: u32,
     w: &Window<'_>,
     e: &Entry,
+    len: u32,
     scope: &[u8],
     key: &[u8],
 ) -> Result<bool> {
     // Usually the previous version is a few frames back, still in the
     // window: no read needed.
-    let payload_len = e.len() as usize - FRAME_OVERHEAD;
-    let in_window = (e.segment == current)
+    let payload_len = (len as usize).saturating_sub(FRAME_OVERHEAD);
+    let segment = e.segment(current);
+    let in_window = (segment == current)
         .then(|| w.peek(u64::from(e.offset) + 8, payload_len))
         .flatten();
     let read;
     let payload = match in_window {
         Some(p) => p,
         None => {
-            let Ok(i) = segs.binary_search_by_key(&e.segment, |s| s.id) else {
+            let Ok(i) = segs.binary_search_by_key(&segment, |s| s.id) else {
                 return Ok(false);
             };
-            read = segs[i].read_payload(e.offset, e.len())?;
+            read = segs[i].read_payload(e.offset, len)?;
             &read[..]
         }
     };

@@ -5,8 +5,9 @@
 //! Two positions tell callers how far their frames got: `written` (handed to
 //! the operating system) and `durable` (synced). What a caller waits for
 //! depends on the durability:
-//! * `Sync`: the writer thread writes and syncs whenever kicked; callers
-//!   wait for `durable`.
+//! * `Sync`: a caller whose frame is not durable yet writes and syncs the
+//!   buffer itself if no one else is writing; otherwise the writer thread,
+//!   kicked, writes and syncs; callers wait for `durable`.
 //! * `Buffered`: a caller writes the buffer itself (or finds it written by
 //!   another caller); the writer thread syncs every `max_delay`.
 //! * `None`: callers return at once; the writer thread writes the buffer
@@ -14,17 +15,18 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver};
 use crossbeam_utils::CachePadded;
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Mutex, RwLock};
 
 use super::format::{self, HEADER_LEN};
 use super::fs::FileSystem;
+use super::index::SEGMENT_SPAN;
 use super::segment::{pos, pos_offset, Pos, Segment};
 use crate::config::Durability;
 use crate::error::{Error, Result};
@@ -65,11 +67,15 @@ pub(crate) struct Log {
     segment_size: u64,
     disk_budget: Option<u64>,
     tail: CachePadded<Mutex<Tail>>,
+    /// The head segment's id (also in `tail`), read without its lock to
+    /// resolve the segment ids the index keeps modulo `SEGMENT_SPAN`.
+    head_id: AtomicU32,
     io: Mutex<Io>,
     written: CachePadded<AtomicU64>,
     durable: CachePadded<AtomicU64>,
-    wait_lock: Mutex<()>,
-    wake: Condvar,
+    /// Callers waiting for `durable` to reach a position, woken one by one
+    /// (each by its own unpark, so they do not queue on a lock to wake).
+    waiters: Mutex<Vec<(Pos, std::thread::Thread)>>,
     poisoned: AtomicBool,
     poison_cause: Mutex<Option<String>>,
     pub(crate) segments: RwLock<BTreeMap<u32, Arc<Segment>>>,
@@ -120,6 +126,7 @@ impl Log {
     ) -> (Log, Receiver<()>) {
         let (kick, kicked) = crossbeam_channel::bounded(1);
         let start = pos(head.id, head_end);
+        let head_id = AtomicU32::new(head.id);
         let bytes_on_disk = segments.values().map(|s| s.size).sum();
         let max_tokens: Box<[CachePadded<AtomicU64>]> = (0..settings.shards.max(1))
             .map(|_| CachePadded::new(AtomicU64::new(max_token)))
@@ -137,14 +144,14 @@ impl Log {
                 head_end,
                 records: 0,
             })),
+            head_id,
             io: Mutex::new(Io {
                 spare: Vec::with_capacity(1 << 16),
                 unsynced_records: 0,
             }),
             written: CachePadded::new(AtomicU64::new(start)),
             durable: CachePadded::new(AtomicU64::new(start)),
-            wait_lock: Mutex::new(()),
-            wake: Condvar::new(),
+            waiters: Mutex::new(Vec::new()),
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
             segments: RwLock::new(segments),
@@ -176,8 +183,7 @@ impl Log {
     fn poison(&self, cause: String) -> Error {
         let cause = self.poison_cause.lock().get_or_insert(cause).clone();
         self.poisoned.store(true, Ordering::Release);
-        let _g = self.wait_lock.lock();
-        self.wake.notify_all();
+        self.wake_waiters(Pos::MAX);
         Error::Poisoned { cause }
     }
 
@@ -244,14 +250,53 @@ impl Log {
         if self.durable.load(Ordering::Acquire) >= end {
             return Ok(());
         }
-        let _ = self.kick.try_send(());
-        let mut g = self.wait_lock.lock();
-        loop {
-            self.check()?;
-            if self.durable.load(Ordering::Acquire) >= end {
-                return Ok(());
+        // Nobody is writing: write and sync here, sparing the hand-off to
+        // the writer thread and back. Callers that find it busy leave their
+        // frames to the next sync (group commit), by whichever thread.
+        if let Some(mut io) = self.io.try_lock() {
+            if self.durable.load(Ordering::Acquire) < end {
+                self.sync(&mut io, false)?;
             }
-            self.wake.wait(&mut g);
+            if self.durable.load(Ordering::Acquire) >= end {
+                return self.check();
+            }
+        }
+        let _ = self.kick.try_send(());
+        loop {
+            {
+                // Checked under the lock a waker takes after moving
+                // `durable` or poisoning: no wakeup is lost.
+                let mut waiters = self.waiters.lock();
+                self.check()?;
+                if self.durable.load(Ordering::Acquire) >= end {
+                    return Ok(());
+                }
+                waiters.push((end, std::thread::current()));
+            }
+            std::thread::park();
+        }
+    }
+
+    /// Wakes the waiters for positions up to `upto`.
+    fn wake_waiters(&self, upto: Pos) {
+        let ready: Vec<std::thread::Thread> = {
+            let mut waiters = self.waiters.lock();
+            if waiters.is_empty() {
+                return;
+            }
+            let mut ready = Vec::new();
+            waiters.retain(|(end, thread)| {
+                if *end <= upto {
+                    ready.push(thread.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            ready
+        };
+        for thread in ready {
+            thread.unpark();
         }
     }
 
@@ -327,8 +372,7 @@ impl Log {
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.records_synced.fetch_add(records, Ordering::Relaxed);
         self.durable.store(target, Ordering::Release);
-        let _g = self.wait_lock.lock();
-        self.wake.notify_all();
+        self.wake_waiters(target);
     }
 
     fn append_mark(&self, synced_upto: Pos) {
@@ -399,6 +443,16 @@ impl Log {
                 std::io::Error::other("segment ids are exhausted"),
             )
         })?;
+        // The index keeps segment ids modulo SEGMENT_SPAN.
+        let oldest = self.segments.read().keys().next().copied().unwrap_or(id);
+        if id - oldest >= SEGMENT_SPAN {
+            return Err(Error::io(
+                format!("cannot start a new segment in {}", self.dir.display()),
+                std::io::Error::other(format!(
+                    "the log would span {SEGMENT_SPAN} segment files; run maintenance or use larger segments"
+                )),
+            ));
+        }
         // Room for the mark a roll appends first.
         let size = self
             .segment_size
@@ -429,6 +483,7 @@ impl Log {
             t.buf_pos = new_start;
             t.head_end = HEADER_LEN;
             let old = std::mem::replace(&mut t.head, seg);
+            self.head_id.store(id, Ordering::Release);
             (start, old, std::mem::take(&mut t.records))
         };
         let written = old
@@ -475,7 +530,7 @@ impl Log {
 
     /// The head segment's id.
     pub(crate) fn head_id(&self) -> u32 {
-        self.tail.lock().head.id
+        self.head_id.load(Ordering::Acquire)
     }
 
     /// Deletes a segment file that holds nothing live; the deletion is made
