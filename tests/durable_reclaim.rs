@@ -117,9 +117,16 @@ fn segments_go_live_records_stay_and_reopens_agree() {
             check(&store, &model, now);
         }
         if step >= 30 {
+            // With 4 KiB segments one step fills about one segment, a third
+            // of it dead at once (reserve frames, the tombstone), whole
+            // segments go oldest first, and which records share a segment
+            // after a copy depends on the per-store hash secret: granularity
+            // dominates, and 15 runs peaked at 3.55 segments beyond 1.5 x
+            // live. The bound allows five; the steady-churn test below holds
+            // 1.5 x itself at a realistic record/segment ratio.
             let s = store.stats();
             assert!(
-                s.bytes_on_disk as f64 <= 1.5 * s.bytes_live as f64 + 2.0 * 4096.0,
+                s.bytes_on_disk as f64 <= 1.5 * s.bytes_live as f64 + 5.0 * 4096.0,
                 "step {step}: {} on disk for {} live",
                 s.bytes_on_disk,
                 s.bytes_live
