@@ -52,7 +52,7 @@ const SECOND_TENANT: &str = "fleet-bob";
 /// Whether the second tenant also writes index `i`, with the same key and
 /// body: its write is another logical write, run once of its own.
 fn second_tenant_writes(i: usize) -> bool {
-    i % 3 == 0
+    i.is_multiple_of(3)
 }
 
 #[test]
@@ -287,7 +287,8 @@ fn check(
     for name in &expected_names {
         let copies = created.get(name).map_or(0, Vec::len);
         assert_eq!(
-            copies, 1,
+            copies,
+            1,
             "{name:?} was executed {copies} times across the fleet (seed {seed}): {:?}",
             created.get(name)
         );
@@ -321,7 +322,10 @@ fn check(
         // The answer is the contact the executing server stored.
         let body: serde_json::Value = first.json();
         let (executor, stored) = created[&(write.tenant, format!("w{}", write.index))][0];
-        assert_eq!(&body, stored, "{write:?}: the answer is not the stored contact");
+        assert_eq!(
+            &body, stored,
+            "{write:?}: the answer is not the stored contact"
+        );
         cross_server_replays += answers
             .iter()
             .filter(|s| s.answer.replayed() && s.server != executor)
