@@ -2,7 +2,13 @@
 //!
 //! ```text
 //! cargo run --example axum_server -- [--addr 127.0.0.1:3000] [--data-dir DIR (default ./idemlog-data)]
+//! cargo run --example axum_server --features redis -- --redis redis://127.0.0.1:6379/ [--addr ADDR]
 //! ```
+//!
+//! With `--redis URL` the records live in that Redis (or Valkey) instead of
+//! the durable log in `--data-dir` (then unused), so several copies of this server behind
+//! a load balancer share them: a retry that lands on another server is
+//! still answered from the first one's response (`tests/fleet_http.rs`).
 //!
 //! The tenant is the bearer token (`Authorization: Bearer <tenant>`): records
 //! of two tenants never meet. `POST /contacts` creates a contact,
@@ -23,7 +29,7 @@ use axum::response::IntoResponse;
 use axum::routing::{patch, post};
 use axum::{Json, Router};
 use idemlog::http::{IdempotencyLayer, Problem, ScopeRejection};
-use idemlog::{Config, Durability, Store};
+use idemlog::{Backend, Config, Durability, Store};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
@@ -159,12 +165,14 @@ async fn list(State(state): State<AppState>, headers: http::HeaderMap) -> axum::
 struct Args {
     addr: SocketAddr,
     data_dir: Option<PathBuf>,
+    redis: Option<String>,
 }
 
 fn args() -> Result<Args, String> {
     let default_addr = std::env::var("IDEMLOG_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
     let mut addr = default_addr;
     let mut data_dir = None;
+    let mut redis = None;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -178,9 +186,15 @@ fn args() -> Result<Args, String> {
                     it.next().ok_or("--data-dir needs a directory")?,
                 ))
             }
+            "--redis" => {
+                redis = Some(
+                    it.next()
+                        .ok_or("--redis needs a URL such as redis://127.0.0.1:6379/")?,
+                )
+            }
             other => {
                 return Err(format!(
-                    "unknown argument {other:?}; use --addr ADDR --data-dir DIR"
+                    "unknown argument {other:?}; use --addr ADDR --data-dir DIR --redis URL"
                 ))
             }
         }
@@ -188,7 +202,11 @@ fn args() -> Result<Args, String> {
     let addr = addr
         .parse()
         .map_err(|e| format!("{addr:?} is not a socket address such as 127.0.0.1:3000: {e}"))?;
-    Ok(Args { addr, data_dir })
+    Ok(Args {
+        addr,
+        data_dir,
+        redis,
+    })
 }
 
 /// The idempotency store: the durable log in `--data-dir` (default
@@ -205,9 +223,29 @@ fn open_store(data_dir: Option<&std::path::Path>) -> idemlog::Result<Store> {
     Store::open(dir, config)
 }
 
-/// The app: contacts routes behind the idempotency layer.
-fn app(store: Store) -> Router {
-    let idempotency = IdempotencyLayer::new(store, scope);
+/// The app on the records a fleet shares: the Redis at `url`, which keeps
+/// time and expiry itself, so the servers' clocks need not agree. Fails
+/// with the exit code and the message.
+#[cfg(feature = "redis")]
+async fn redis_app(url: &str) -> Result<Router, (i32, String)> {
+    match idemlog::backend::redis::RedisBackend::connect(url, Config::default()).await {
+        Ok(backend) => Ok(app(backend)),
+        Err(e) => Err((1, format!("cannot use the Redis at {url}: {e}"))),
+    }
+}
+
+#[cfg(not(feature = "redis"))]
+async fn redis_app(_url: &str) -> Result<Router, (i32, String)> {
+    Err((
+        2,
+        "--redis needs the Redis backend, which this build lacks: rebuild with --features redis"
+            .into(),
+    ))
+}
+
+/// The app: contacts routes behind the idempotency layer, on any backend.
+fn app<B: Backend>(backend: B) -> Router {
+    let idempotency = IdempotencyLayer::<B>::new(backend, scope);
     Router::new()
         .route("/contacts", post(create).get(list))
         .route("/contacts/{id}", patch(update))
@@ -224,12 +262,21 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let store = match open_store(args.data_dir.as_deref()) {
-        Ok(store) => store,
-        Err(e) => {
-            eprintln!("error: cannot open the idempotency store: {e}");
-            std::process::exit(1);
-        }
+    let app = match &args.redis {
+        Some(url) => match redis_app(url).await {
+            Ok(app) => app,
+            Err((code, message)) => {
+                eprintln!("error: {message}");
+                std::process::exit(code);
+            }
+        },
+        None => match open_store(args.data_dir.as_deref()) {
+            Ok(store) => app(store),
+            Err(e) => {
+                eprintln!("error: cannot open the idempotency store: {e}");
+                std::process::exit(1);
+            }
+        },
     };
     let listener = match tokio::net::TcpListener::bind(args.addr).await {
         Ok(l) => l,
@@ -242,7 +289,7 @@ async fn main() {
         Ok(addr) => println!("contacts API listening on http://{addr}"),
         Err(_) => println!("contacts API listening on http://{}", args.addr),
     }
-    if let Err(e) = axum::serve(listener, app(store)).await {
+    if let Err(e) = axum::serve(listener, app).await {
         eprintln!("error: server stopped: {e}");
         std::process::exit(1);
     }
