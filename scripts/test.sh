@@ -30,8 +30,8 @@ cargo test --release --all-features
 step "cargo test --no-default-features (the core builds alone)"
 cargo test --release --no-default-features --lib
 
-step "loom models (tests/loom_models.rs, built with --cfg loom)"
-RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release --test loom_models
+step "loom models (tests/loom_models.rs, built with --cfg idemlog_loom)"
+RUSTFLAGS="--cfg idemlog_loom" CARGO_TARGET_DIR=target/loom cargo test --release --test loom_models
 
 step "fuzzing: every cargo-fuzz target for ${IDEMLOG_FUZZ_SECONDS:-60} s"
 bash fuzz/run-all.sh "${IDEMLOG_FUZZ_SECONDS:-60}"

@@ -1,7 +1,7 @@
-//! loom models of the two hand-offs where threads meet (`--cfg loom` only):
+//! loom models of the two hand-offs where threads meet (`--cfg idemlog_loom` only):
 //!
 //! ```text
-//! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+//! RUSTFLAGS="--cfg idemlog_loom" CARGO_TARGET_DIR=target/loom \
 //!     cargo test --release --test loom_models
 //! ```
 //!
@@ -26,7 +26,7 @@
 //!    only once its frame is synced; no wake-up is lost (a lost wake-up is a
 //!    deadlock, which loom reports).
 
-#![cfg(loom)]
+#![cfg(idemlog_loom)]
 
 use loom::sync::atomic::{AtomicU64, Ordering};
 use loom::sync::{Arc, Condvar, Mutex};
