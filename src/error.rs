@@ -170,7 +170,6 @@ pub enum Error {
 
 impl Error {
     /// Wraps an I/O error with a description of what was being done.
-    #[allow(dead_code)] // the durable engine's I/O paths use it
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),

@@ -93,6 +93,18 @@ impl IdempotencyKey {
         &self.0.key
     }
 
+    /// blake3 in derive-key mode (`context` names the use) over the
+    /// length-framed identity: the one framing every unkeyed identity digest
+    /// shares, so "ab"+"c" and "a"+"bc" never meet.
+    #[cfg_attr(not(any(feature = "http", feature = "redis")), allow(dead_code))]
+    pub(crate) fn digest(&self, context: &str) -> blake3::Hash {
+        let mut h = blake3::Hasher::new_derive_key(context);
+        h.update(&(self.scope().len() as u64).to_le_bytes());
+        h.update(self.scope());
+        h.update(self.key().as_bytes());
+        h.finalize()
+    }
+
     /// Checks this identity against a store's limits, which may be stricter or
     /// looser than the ones it was built with.
     pub(crate) fn check(&self, limits: &Limits) -> Result<()> {

@@ -210,11 +210,7 @@ impl RedisBackend {
 
     /// The record key and the token key of `key`.
     fn keys(&self, key: &IdempotencyKey) -> (String, String) {
-        let mut h = blake3::Hasher::new_derive_key("idemlog 2026-11 redis identity key");
-        h.update(&(key.scope().len() as u64).to_le_bytes());
-        h.update(key.scope());
-        h.update(key.key().as_bytes());
-        let hash = h.finalize().to_hex();
+        let hash = key.digest("idemlog 2026-11 redis identity key").to_hex();
         let record = format!("{}:{{{}}}", self.namespace, hash);
         let token = format!("{record}:t");
         (record, token)

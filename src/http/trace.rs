@@ -21,11 +21,8 @@ impl KeyHash {
 
 /// A digest of the whole identity, for in-process maps.
 pub(crate) fn identity_digest(key: &IdempotencyKey) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_derive_key("idemlog 2026-11 http layer identity digest");
-    h.update(&(key.scope().len() as u64).to_le_bytes());
-    h.update(key.scope());
-    h.update(key.key().as_bytes());
-    *h.finalize().as_bytes()
+    *key.digest("idemlog 2026-11 http layer identity digest")
+        .as_bytes()
 }
 
 impl fmt::Display for KeyHash {
