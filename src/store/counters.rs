@@ -61,11 +61,13 @@ impl Counters {
     }
 
     /// A fencing token greater than every token handed out before for any
-    /// identity with this selector.
+    /// identity with this selector. Saturates at `u64::MAX` instead of
+    /// overflowing: 2^64 tokens are never handed out, so only a data file
+    /// claiming a token near the maximum gets there (found by fuzzing).
     pub(crate) fn next_token(&self, selector: u32) -> u64 {
         let (i, s) = self.stripe(selector);
         let step = s.next_token_step.fetch_add(1, Ordering::Relaxed);
-        step * STRIPES as u64 + i as u64
+        step.saturating_mul(STRIPES as u64).saturating_add(i as u64)
     }
 
     pub(crate) fn total(&self, event: Event) -> u64 {
@@ -88,6 +90,13 @@ mod tests {
         assert!(a > 1_000 && b > a, "{a} {b}");
         assert!(c.next_token(6) > 1_000);
         assert_ne!(c.next_token(5 + STRIPES as u32), b);
+    }
+
+    #[test]
+    fn a_recovered_token_near_the_maximum_does_not_overflow() {
+        let c = Counters::new(u64::MAX - 3);
+        assert_eq!(c.next_token(7), u64::MAX);
+        assert_eq!(c.next_token(7), u64::MAX);
     }
 
     #[test]
