@@ -38,6 +38,8 @@ struct Options {
     max_calls: u64,
     /// Completed records loaded before the replay row.
     replay_keys: usize,
+    /// Row ids to run (`--only mem-1,disk-64`); empty runs every row.
+    only: Vec<String>,
 }
 
 impl Options {
@@ -57,6 +59,12 @@ impl Options {
             secs: if quick { 1.0 } else { 3.0 },
             max_calls: if quick { 1_000_000 } else { 2_000_000 },
             replay_keys: if quick { 200_000 } else { 1_000_000 },
+            only: args
+                .iter()
+                .position(|a| a == "--only")
+                .and_then(|i| args.get(i + 1))
+                .map(|ids| ids.split(',').map(str::to_owned).collect())
+                .unwrap_or_default(),
         }
     }
 }
@@ -448,7 +456,8 @@ fn per_op(before: Option<u64>, after: Option<u64>, ops: u64) -> Option<f64> {
 
 /// A store loaded with completed records, and their keys.
 struct Loaded {
-    dir: tempfile::TempDir,
+    /// Kept so the scratch directory lives as long as the store.
+    _dir: tempfile::TempDir,
     store: Store,
     keys: Arc<Vec<[u8; KEY_LEN]>>,
 }
@@ -470,7 +479,7 @@ fn load_completed(system: &IdemlogSystem, n: usize) -> Result<Loaded, String> {
         store = (system.make)(dir.path())?;
     }
     Ok(Loaded {
-        dir,
+        _dir: dir,
         store,
         keys: Arc::new(keys),
     })
@@ -484,22 +493,21 @@ fn idemlog_replay_row<'a>(
     threads: usize,
     opts: &'a Options,
 ) -> Planned<'a> {
-    let (dir, store, keys) = match load_completed(system, opts.replay_keys) {
-        Ok(loaded) => (loaded.dir, loaded.store, loaded.keys),
-        Err(e) => {
-            return skipped(
-                id,
-                REPLAY,
-                &system.name,
-                threads,
-                &format!("load failed: {e}"),
-            )
-        }
-    };
     let fp = bench_fingerprint();
+    // Loaded on the row's first run, so rows left out by `--only` cost
+    // nothing.
+    let mut loaded: Option<Loaded> = None;
     plan(id, REPLAY, system.name.clone(), threads, move || {
-        let _keep_files = &dir;
-        drive(threads, opts, &Keys::Existing(Arc::clone(&keys)), 1, |_| {
+        if loaded.is_none() {
+            loaded = Some(
+                load_completed(system, opts.replay_keys)
+                    .map_err(|e| format!("load failed: {e}"))?,
+            );
+        }
+        let Some(Loaded { store, keys, .. }) = loaded.as_ref() else {
+            unreachable!("loaded just above")
+        };
+        drive(threads, opts, &Keys::Existing(Arc::clone(keys)), 1, |_| {
             let store = store.clone();
             Ok(Box::new(move |k: &[u8; KEY_LEN]| {
                 let key = store.key(SCOPE, key_str(k)).map_err(|e| e.to_string())?;
@@ -1089,6 +1097,16 @@ fn main() {
         eprintln!("{redis_missing}: Redis rows skipped");
     }
 
+    if !opts.only.is_empty() {
+        planned.retain(|row| opts.only.iter().any(|id| id == row.id));
+        if planned.is_empty() {
+            eprintln!(
+                "--only {}: no such row; row ids are listed in docs/BENCHMARKS.md",
+                opts.only.join(",")
+            );
+            std::process::exit(2);
+        }
+    }
     for run in 0..opts.runs {
         for row in planned.iter_mut() {
             row.run_once(run, opts.runs);

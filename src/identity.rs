@@ -27,15 +27,13 @@ use crate::error::{Error, Result};
 /// # Ok::<(), idemlog::Error>(())
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct IdempotencyKey(Arc<Parts>);
+pub struct IdempotencyKey(Arc<[u8]>);
 
-/// Shared so that the copies a request makes (lease, record, log entry)
-/// cost a reference count, not two allocations each.
-#[derive(PartialEq, Eq, Hash)]
-struct Parts {
-    scope: Box<[u8]>,
-    key: Box<str>,
-}
+// One allocation per key: `[scope length: u32 LE][scope][key]`. Copies a
+// request makes (lease, record, log entry) cost a reference count, and
+// building a key costs one allocation, not three. Equal bytes mean equal
+// identities: the length prefix keeps "ab"+"c" apart from "a"+"bc".
+const SCOPE_LEN_BYTES: usize = 4;
 
 impl IdempotencyKey {
     /// Validates `scope` and `key` against the default [`Limits`].
@@ -51,7 +49,7 @@ impl IdempotencyKey {
     ) -> Result<Self> {
         let (scope, key) = (scope.as_ref(), key.as_ref());
         validate(scope, key, limits)?;
-        Ok(Self::from_stored(scope.into(), key.into()))
+        Ok(Self::from_parts(scope, key))
     }
 
     /// Builds the identity of a request to `method path`, placing the route
@@ -85,12 +83,25 @@ impl IdempotencyKey {
 
     /// The application's scope bytes.
     pub fn scope(&self) -> &[u8] {
-        &self.0.scope
+        &self.0[SCOPE_LEN_BYTES..SCOPE_LEN_BYTES + self.scope_len()]
     }
 
     /// The client's key.
     pub fn key(&self) -> &str {
-        &self.0.key
+        // Every constructor takes the key as a `str`, so the bytes are UTF-8
+        // (and, once validated, visible ASCII).
+        std::str::from_utf8(self.key_bytes()).unwrap_or_default()
+    }
+
+    /// The client's key as bytes.
+    pub(crate) fn key_bytes(&self) -> &[u8] {
+        &self.0[SCOPE_LEN_BYTES + self.scope_len()..]
+    }
+
+    fn scope_len(&self) -> usize {
+        let mut len = [0u8; SCOPE_LEN_BYTES];
+        len.copy_from_slice(&self.0[..SCOPE_LEN_BYTES]);
+        u32::from_le_bytes(len) as usize
     }
 
     /// blake3 in derive-key mode (`context` names the use) over the
@@ -108,50 +119,87 @@ impl IdempotencyKey {
     /// Checks this identity against a store's limits, which may be stricter or
     /// looser than the ones it was built with.
     pub(crate) fn check(&self, limits: &Limits) -> Result<()> {
-        validate(&self.0.scope, &self.0.key, limits)
+        // The alphabet was checked when the key was built (or written, for
+        // stored keys) and no limit changes it: only the lengths can differ.
+        check_lengths(self.scope().len(), self.key_bytes().len(), limits)
     }
 
     /// Builds a key from stored parts without re-validating (the store
     /// validated them when they were written).
-    pub(crate) fn from_stored(scope: Box<[u8]>, key: Box<str>) -> Self {
-        IdempotencyKey(Arc::new(Parts { scope, key }))
+    pub(crate) fn from_stored(scope: &[u8], key: &str) -> Self {
+        Self::from_parts(scope, key)
+    }
+
+    fn from_parts(scope: &[u8], key: &str) -> Self {
+        // Scopes are bounded by `Limits::max_scope_len`, far below 4 GiB;
+        // a larger one could not be built past `validate`.
+        let scope_len = u32::try_from(scope.len()).unwrap_or(u32::MAX);
+        let len = SCOPE_LEN_BYTES + scope.len() + key.len();
+        let fill = |buf: &mut [u8]| {
+            buf[..SCOPE_LEN_BYTES].copy_from_slice(&scope_len.to_le_bytes());
+            buf[SCOPE_LEN_BYTES..SCOPE_LEN_BYTES + scope.len()].copy_from_slice(scope);
+            buf[SCOPE_LEN_BYTES + scope.len()..].copy_from_slice(key.as_bytes());
+        };
+        // Usual identities are assembled on the stack and copied into the
+        // one allocation `Arc<[u8]>::from` makes; larger ones go through a
+        // `Vec` (a second allocation, for keys past the usual sizes).
+        let mut stack = [0u8; 320];
+        if len <= stack.len() {
+            fill(&mut stack[..len]);
+            IdempotencyKey(Arc::from(&stack[..len]))
+        } else {
+            let mut heap = vec![0u8; len];
+            fill(&mut heap);
+            IdempotencyKey(Arc::from(heap))
+        }
     }
 }
 
 impl fmt::Debug for IdempotencyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdempotencyKey")
-            .field("scope", &String::from_utf8_lossy(&self.0.scope))
-            .field("key", &self.0.key)
+            .field("scope", &String::from_utf8_lossy(self.scope()))
+            .field("key", &self.key())
             .finish()
     }
 }
 
 fn validate(scope: &[u8], key: &str, limits: &Limits) -> Result<()> {
-    if scope.len() > limits.max_scope_len {
+    check_lengths(scope.len(), key.len(), limits)?;
+    let visible = |b: &u8| (0x20..=0x7E).contains(b);
+    // The common case (a valid key) in one branch-free pass the compiler
+    // vectorises; the position is looked for only when there is an error.
+    let outside = key
+        .as_bytes()
+        .iter()
+        .fold(0u8, |acc, &b| acc | u8::from(b.wrapping_sub(0x20) > 0x5E));
+    if outside != 0 {
+        if let Some((position, &byte)) =
+            key.as_bytes().iter().enumerate().find(|(_, b)| !visible(b))
+        {
+            return Err(Error::InvalidKeyByte { byte, position });
+        }
+    }
+    Ok(())
+}
+
+fn check_lengths(scope_len: usize, key_len: usize, limits: &Limits) -> Result<()> {
+    if scope_len > limits.max_scope_len {
         return Err(Error::ScopeTooLong {
-            len: scope.len(),
+            len: scope_len,
             limit: limits.max_scope_len,
         });
     }
-    if key.is_empty() {
+    if key_len == 0 {
         return Err(Error::EmptyKey {
             limit: limits.max_key_len,
         });
     }
-    if key.len() > limits.max_key_len {
+    if key_len > limits.max_key_len {
         return Err(Error::KeyTooLong {
-            len: key.len(),
+            len: key_len,
             limit: limits.max_key_len,
         });
-    }
-    if let Some((position, &byte)) = key
-        .as_bytes()
-        .iter()
-        .enumerate()
-        .find(|(_, b)| !(0x20..=0x7E).contains(*b))
-    {
-        return Err(Error::InvalidKeyByte { byte, position });
     }
     Ok(())
 }
@@ -181,7 +229,7 @@ impl IdentityHash {
     /// Keyed blake3 over the length-prefixed identity, so that clients who
     /// choose keys cannot aim them all at one shard without the store's secret.
     pub(crate) fn new(secret: &[u8; 32], id: &IdempotencyKey) -> Self {
-        Self::of_parts(secret, id.scope(), id.key().as_bytes())
+        Self::of_parts(secret, id.scope(), id.key_bytes())
     }
 
     /// The hash of an identity given as its stored parts (recovery reads
@@ -221,6 +269,42 @@ mod tests {
             max_scope_len: scope,
             ..Limits::default()
         }
+    }
+
+    /// Keys are packed into one buffer: parts read back exactly on both the
+    /// stack-assembled and the heap-assembled paths, and the framing keeps
+    /// splits of the same bytes apart.
+    #[test]
+    fn packed_parts_read_back_and_stay_apart() {
+        for scope_len in [0, 1, 12, 283, 284, 1024] {
+            let scope: Vec<u8> = (0..scope_len).map(|i| (i % 251) as u8).collect();
+            for key in ["k", &"x".repeat(32), &"~".repeat(255)] {
+                let built = IdempotencyKey::with_limits(&scope, key, &limits(255, 1024)).unwrap();
+                assert_eq!(built.scope(), &scope[..], "scope of {scope_len} bytes");
+                assert_eq!(built.key(), key);
+                assert_eq!(built, IdempotencyKey::from_stored(&scope, key));
+            }
+        }
+        let ab_c = IdempotencyKey::new("ab", "c").unwrap();
+        let a_bc = IdempotencyKey::new("a", "bc").unwrap();
+        assert_ne!(ab_c, a_bc);
+        assert_ne!(ab_c.digest("t"), a_bc.digest("t"));
+    }
+
+    /// A store re-checks a key built under other limits: lengths against its
+    /// own limits (the alphabet cannot differ).
+    #[test]
+    fn store_limits_recheck_lengths_of_keys_built_elsewhere() {
+        let key = IdempotencyKey::new("tenant", "k".repeat(40)).unwrap();
+        assert!(key.check(&limits(40, 6)).is_ok());
+        assert!(matches!(
+            key.check(&limits(39, 6)),
+            Err(Error::KeyTooLong { len: 40, limit: 39 })
+        ));
+        assert!(matches!(
+            key.check(&limits(40, 5)),
+            Err(Error::ScopeTooLong { len: 6, limit: 5 })
+        ));
     }
 
     #[test]

@@ -303,6 +303,11 @@ impl SledEngine {
 }
 
 impl Engine for SledEngine {
+    /// Compare-and-swap retries call `decide` again after a lost race.
+    fn decides_once(&self) -> bool {
+        false
+    }
+
     fn update(
         &self,
         id: Identity<'_>,
@@ -577,11 +582,9 @@ pub(crate) fn decode(value: &[u8]) -> Result<Record> {
     let attempts = u32::from_le_bytes(r.array()?);
     let replays = r.u64()?;
     let time = Timestamp::from_millis(r.u64()?);
-    let scope: Box<[u8]> = r.sized()?.into();
+    let scope = r.sized()?;
     let key_bytes = r.sized()?;
-    let key: Box<str> = std::str::from_utf8(key_bytes)
-        .map_err(|_| r.corrupt("key is not UTF-8"))?
-        .into();
+    let key = std::str::from_utf8(key_bytes).map_err(|_| r.corrupt("key is not UTF-8"))?;
     let checkpoint = match r.u8()? {
         0 => None,
         1 => Some(Bytes::copy_from_slice(r.sized()?)),

@@ -324,7 +324,7 @@ pub(crate) fn decode_put(p: &[u8]) -> Result<Record, &'static str> {
         }
     };
     Ok(Record {
-        key: IdempotencyKey::from_stored(scope.into(), key.into()),
+        key: IdempotencyKey::from_stored(scope, key),
         fingerprint: Fingerprint::from_parts(algorithm, digest),
         state,
         created_at: Timestamp::from_millis(u64_at(p, 16)),

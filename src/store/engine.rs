@@ -79,6 +79,13 @@ pub(crate) trait Engine: Send + Sync + 'static {
         decide: &mut dyn FnMut(Option<&Record>) -> Change,
     ) -> Result<()>;
 
+    /// Whether `update` calls `decide` at most once. Callers then move
+    /// owned data (a response) into the change instead of cloning it for a
+    /// retry that cannot come.
+    fn decides_once(&self) -> bool {
+        true
+    }
+
     /// The record of `id`, expired or not.
     fn get(&self, id: Identity<'_>) -> Result<Option<Record>>;
 

@@ -611,9 +611,34 @@ impl Shared {
                 limit,
             });
         }
+        // Moved into the record when the engine decides once: cloning a
+        // `Bytes` made from a `Vec` allocates.
+        let mut response = Some(response);
+        let retries = !self.engine.decides_once();
+        let mut decided_twice = false;
         self.with_held(lease, hash, |held, now| {
-            Change::Put(decision::completed_record(held, response.clone(), now, ttl))
+            let response = if retries {
+                response.clone()
+            } else {
+                response.take()
+            };
+            match response {
+                Some(response) => Change::Put(decision::completed_record(held, response, now, ttl)),
+                None => {
+                    decided_twice = true;
+                    Change::Keep
+                }
+            }
         })?;
+        if decided_twice {
+            // An engine broke its `decides_once` promise; nothing was
+            // stored, and saying so beats storing an empty response.
+            return Err(Error::Backend {
+                backend: "idemlog",
+                message: "the storage engine asked for the completion twice; nothing was stored, retry the request".into(),
+                source: None,
+            });
+        }
         self.counters.add(hash.shard, Event::Completed, 1);
         Ok(())
     }
