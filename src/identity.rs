@@ -2,6 +2,7 @@
 //! chosen by the application and the client's idempotency key.
 
 use std::fmt;
+use std::hash::{BuildHasher, DefaultHasher, Hasher, RandomState};
 use std::sync::Arc;
 
 use crate::config::Limits;
@@ -225,36 +226,58 @@ pub(crate) struct IdentityHash {
     pub(crate) shard: u32,
 }
 
-impl IdentityHash {
-    /// Keyed blake3 over the length-prefixed identity, so that clients who
-    /// choose keys cannot aim them all at one shard without the store's secret.
-    pub(crate) fn new(secret: &[u8; 32], id: &IdempotencyKey) -> Self {
-        Self::of_parts(secret, id.scope(), id.key_bytes())
+/// The per-store key of identity hashes: SipHash-1-3 with random keys
+/// (std's `RandomState`, the hash-flooding defence of std's `HashMap`).
+/// Clients who choose keys cannot aim them at one shard or bucket without
+/// it, and it never leaves the process (recovery recomputes every hash).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct IdentityHasher(RandomState);
+
+impl IdentityHasher {
+    /// A hasher with fresh random keys.
+    pub(crate) fn new() -> Self {
+        IdentityHasher(RandomState::new())
+    }
+
+    /// The hash of `id`.
+    pub(crate) fn hash(&self, id: &IdempotencyKey) -> IdentityHash {
+        // The key's bytes are already framed (scope length first).
+        self.finish(|h| h.write(&id.0))
     }
 
     /// The hash of an identity given as its stored parts (recovery reads
-    /// them from disk without building a key).
-    pub(crate) fn of_parts(secret: &[u8; 32], scope: &[u8], key: &[u8]) -> Self {
-        // Usual identities fit one buffer: the one-shot hash skips the
-        // incremental hasher's bookkeeping (same bytes, same hash).
-        let mut buf = [0u8; 128];
-        let n = 8 + scope.len() + key.len();
-        let out = if n <= buf.len() {
-            buf[..8].copy_from_slice(&(scope.len() as u64).to_le_bytes());
-            buf[8..8 + scope.len()].copy_from_slice(scope);
-            buf[8 + scope.len()..n].copy_from_slice(key);
-            blake3::keyed_hash(secret, &buf[..n])
+    /// them from disk without building a key): the same as [`Self::hash`]
+    /// of the key they make.
+    pub(crate) fn hash_parts(&self, scope: &[u8], key: &[u8]) -> IdentityHash {
+        let scope_len = u32::try_from(scope.len()).unwrap_or(u32::MAX);
+        let mut buf = [0u8; 320];
+        let n = SCOPE_LEN_BYTES + scope.len() + key.len();
+        if n <= buf.len() {
+            // One write: SipHash's cost depends on how it is fed, not only
+            // on the bytes, so feed it exactly as `hash` does.
+            buf[..SCOPE_LEN_BYTES].copy_from_slice(&scope_len.to_le_bytes());
+            buf[SCOPE_LEN_BYTES..SCOPE_LEN_BYTES + scope.len()].copy_from_slice(scope);
+            buf[SCOPE_LEN_BYTES + scope.len()..n].copy_from_slice(key);
+            self.finish(|h| h.write(&buf[..n]))
         } else {
-            let mut h = blake3::Hasher::new_keyed(secret);
-            h.update(&(scope.len() as u64).to_le_bytes());
-            h.update(scope);
-            h.update(key);
-            h.finalize()
-        };
-        let b = out.as_bytes();
+            let mut framed = Vec::with_capacity(n);
+            framed.extend_from_slice(&scope_len.to_le_bytes());
+            framed.extend_from_slice(scope);
+            framed.extend_from_slice(key);
+            self.finish(|h| h.write(&framed))
+        }
+    }
+
+    fn finish(&self, feed: impl FnOnce(&mut DefaultHasher)) -> IdentityHash {
+        let mut h = self.0.build_hasher();
+        feed(&mut h);
+        let table = h.finish();
         IdentityHash {
-            table: u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
-            shard: u32::from_le_bytes([b[8], b[9], b[10], b[11]]),
+            table,
+            // Bits the shard tables do not use: their buckets take low bits
+            // and their control bytes the top 7; the durable index keeps
+            // the low 24.
+            shard: (table >> 32) as u32 & 0x00FF_FFFF,
         }
     }
 }
@@ -308,19 +331,25 @@ mod tests {
     }
 
     #[test]
-    fn identity_hash_is_the_same_for_short_and_long_identities() {
-        let secret = [3u8; 32];
-        for (scope, key) in [(0usize, 1usize), (10, 30), (40, 80), (300, 400)] {
+    fn identity_hash_is_the_same_from_a_key_and_from_its_parts() {
+        let hasher = IdentityHasher::new();
+        for (scope, key) in [
+            (0usize, 1usize),
+            (10, 30),
+            (40, 80),
+            (300, 255),
+            (1024, 255),
+        ] {
             let scope = vec![b's'; scope];
-            let key = vec![b'k'; key];
-            let mut h = blake3::Hasher::new_keyed(&secret);
-            h.update(&(scope.len() as u64).to_le_bytes());
-            h.update(&scope);
-            h.update(&key);
-            let b = *h.finalize().as_bytes();
-            let got = IdentityHash::of_parts(&secret, &scope, &key);
-            assert_eq!(got.table, u64::from_le_bytes(b[0..8].try_into().unwrap()));
-            assert_eq!(got.shard, u32::from_le_bytes(b[8..12].try_into().unwrap()));
+            let key = "k".repeat(key);
+            let built = IdempotencyKey::with_limits(&scope, &key, &limits(255, 1024)).unwrap();
+            assert_eq!(
+                hasher.hash(&built),
+                hasher.hash_parts(&scope, key.as_bytes()),
+                "scope {} key {}",
+                scope.len(),
+                key.len()
+            );
         }
     }
 
@@ -412,16 +441,12 @@ mod tests {
     }
 
     #[test]
-    fn identity_hash_depends_on_secret_and_framing() {
+    fn identity_hash_depends_on_the_store_and_the_framing() {
         let k1 = IdempotencyKey::new("ab", "c").unwrap();
         let k2 = IdempotencyKey::new("a", "bc").unwrap();
-        let s1 = [1u8; 32];
-        let s2 = [2u8; 32];
-        assert_ne!(IdentityHash::new(&s1, &k1), IdentityHash::new(&s1, &k2));
-        assert_ne!(IdentityHash::new(&s1, &k1), IdentityHash::new(&s2, &k1));
-        assert_eq!(
-            IdentityHash::new(&s1, &k1),
-            IdentityHash::new(&s1, &k1.clone())
-        );
+        let (h1, h2) = (IdentityHasher::new(), IdentityHasher::new());
+        assert_ne!(h1.hash(&k1), h1.hash(&k2));
+        assert_ne!(h1.hash(&k1), h2.hash(&k1));
+        assert_eq!(h1.hash(&k1), h1.clone().hash(&k1.clone()));
     }
 }

@@ -25,6 +25,7 @@ use super::writer::{spawn_writer, Log, LogSettings};
 use crate::clock::Timestamp;
 use crate::config::{Config, Durability};
 use crate::error::{Error, Result};
+use crate::identity::IdentityHasher;
 use crate::record::Record;
 use crate::store::engine::{Change, Engine, EngineStats, Identity, MaintenanceReport};
 
@@ -61,9 +62,9 @@ impl LogEngine {
         dir: &Path,
         config: &Config,
         fs: Arc<dyn FileSystem>,
-        secret: &[u8; 32],
+        hasher: &IdentityHasher,
     ) -> Result<LogEngine> {
-        Self::open_with_hash_mask(dir, config, fs, secret, u32::MAX)
+        Self::open_with_hash_mask(dir, config, fs, hasher, u32::MAX)
     }
 
     /// Opens with only the `hash_mask` bits of each identity hash kept, so
@@ -72,7 +73,7 @@ impl LogEngine {
         dir: &Path,
         config: &Config,
         fs: Arc<dyn FileSystem>,
-        secret: &[u8; 32],
+        hasher: &IdentityHasher,
         hash_mask: u32,
     ) -> Result<LogEngine> {
         let lock = lock_dir(&*fs, dir)?;
@@ -84,7 +85,7 @@ impl LogEngine {
         let opened = recovery::recover(&Params {
             fs: &*fs,
             dir,
-            secret,
+            hasher,
             shards,
             hash_mask,
             now: opened_at,
@@ -348,11 +349,11 @@ mod tests {
             .shards(1)
             .segment_size(4096)
             .build();
-        let secret = [7u8; 32];
+        let hasher = IdentityHasher::new();
         let engine =
-            LogEngine::open_with_hash_mask(dir, &config, Arc::new(OsFileSystem), &secret, 0)
+            LogEngine::open_with_hash_mask(dir, &config, Arc::new(OsFileSystem), &hasher, 0)
                 .unwrap();
-        Store::with_engine_and_secret(Box::new(engine), "log", config, secret)
+        Store::with_engine_and_hasher(Box::new(engine), "log", config, hasher)
     }
 
     #[test]

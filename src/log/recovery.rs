@@ -21,13 +21,13 @@ use super::segment::{classify, pos, Name, Pos, Segment, Window};
 use super::writer::Loc;
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
-use crate::identity::IdentityHash;
+use crate::identity::{IdentityHash, IdentityHasher};
 
 /// What recovery needs to know.
 pub(crate) struct Params<'a> {
     pub(crate) fs: &'a dyn FileSystem,
     pub(crate) dir: &'a Path,
-    pub(crate) secret: &'a [u8; 32],
+    pub(crate) hasher: &'a IdentityHasher,
     pub(crate) shards: usize,
     pub(crate) hash_mask: u32,
     pub(crate) now: Timestamp,
@@ -120,7 +120,11 @@ impl Hints {
 /// length and identity hash of each valid record and tombstone. The scan
 /// still reads every frame header itself and uses a helper's finding only
 /// for a frame of the same length at the very same position.
-fn hash_ahead(segs: &[Segment], secret: &[u8; 32], tx: &crossbeam_channel::Sender<HashBatch>) {
+fn hash_ahead(
+    segs: &[Segment],
+    hasher: &IdentityHasher,
+    tx: &crossbeam_channel::Sender<HashBatch>,
+) {
     let mut batch = Vec::with_capacity(HASH_BATCH);
     let mut buf = Vec::new();
     for seg in segs {
@@ -153,7 +157,7 @@ fn hash_ahead(segs: &[Segment], secret: &[u8; 32], tx: &crossbeam_channel::Sende
             batch.push((
                 pos(seg.id, at as u32),
                 n as u32,
-                IdentityHash::of_parts(secret, scope, key),
+                hasher.hash_parts(scope, key),
             ));
             if batch.len() == HASH_BATCH {
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(HASH_BATCH));
@@ -225,10 +229,10 @@ fn scan_once(p: &Params<'_>) -> Result<Option<Opened>> {
         // itself and only takes a hash for the exact position it was made at.
         let (tx, rx) = crossbeam_channel::bounded(4);
         let segs_ref = &segs;
-        let secret = p.secret;
+        let hasher = p.hasher;
         let helper = std::thread::Builder::new()
             .name("idemlog-recovery".into())
-            .spawn_scoped(scope, move || hash_ahead(segs_ref, secret, &tx));
+            .spawn_scoped(scope, move || hash_ahead(segs_ref, hasher, &tx));
         let mut st = State {
             shards: (0..p.shards).map(|_| Shard::default()).collect(),
             max_token: 0,
@@ -476,7 +480,7 @@ impl State {
             .hints
             .find(at)
             .map(|(_, h)| h)
-            .unwrap_or_else(|| IdentityHash::of_parts(p.secret, scope, key));
+            .unwrap_or_else(|| p.hasher.hash_parts(scope, key));
         let (hash, si) = hashes(id_hash, p.shards, p.hash_mask);
         let shard = &mut self.shards[si];
         let mut existing = None;

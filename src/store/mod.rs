@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::decision::{self, Decision};
 use crate::error::{Error, Result};
 use crate::fingerprint::Fingerprint;
-use crate::identity::{IdempotencyKey, IdentityHash};
+use crate::identity::{IdempotencyKey, IdentityHash, IdentityHasher};
 use crate::log::fs::{FileSystem, OsFileSystem};
 use crate::log::LogEngine;
 use crate::record::{Record, RecordState};
@@ -77,7 +77,7 @@ pub(crate) struct Shared {
     engine: Box<dyn Engine>,
     engine_name: &'static str,
     config: Config,
-    secret: [u8; 32],
+    hasher: IdentityHasher,
     counters: Counters,
     /// Set once, never cleared: checked on every write without a lock.
     poisoned: AtomicBool,
@@ -289,13 +289,13 @@ impl Store {
         config: Config,
         fs: Arc<dyn FileSystem>,
     ) -> Result<Store> {
-        let secret = fresh_secret();
-        let engine = LogEngine::open(dir.as_ref(), &config, fs, &secret)?;
-        Ok(Store::with_engine_and_secret(
+        let hasher = IdentityHasher::new();
+        let engine = LogEngine::open(dir.as_ref(), &config, fs, &hasher)?;
+        Ok(Store::with_engine_and_hasher(
             Box::new(engine),
             "log",
             config,
-            secret,
+            hasher,
         ))
     }
 
@@ -304,22 +304,22 @@ impl Store {
         engine_name: &'static str,
         config: Config,
     ) -> Store {
-        Self::with_engine_and_secret(engine, engine_name, config, fresh_secret())
+        Self::with_engine_and_hasher(engine, engine_name, config, IdentityHasher::new())
     }
 
-    /// A store over `engine`, whose identity hashes use `secret` (the
+    /// A store over `engine`, whose identity hashes use `hasher` (the
     /// durable engine rebuilt its index with it).
-    pub(crate) fn with_engine_and_secret(
+    pub(crate) fn with_engine_and_hasher(
         engine: Box<dyn Engine>,
         engine_name: &'static str,
         config: Config,
-        secret: [u8; 32],
+        hasher: IdentityHasher,
     ) -> Store {
         let shared = Arc::new(Shared {
             counters: Counters::new(engine.max_token()),
             engine,
             engine_name,
-            secret,
+            hasher,
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
             config,
@@ -427,20 +427,6 @@ impl Store {
     }
 }
 
-fn fresh_secret() -> [u8; 32] {
-    let mut secret = [0u8; 32];
-    if getrandom::fill(&mut secret).is_err() {
-        // No OS randomness: fall back to a per-process value that is still
-        // unknown to clients (addresses and the time), hashed.
-        let mut h = blake3::Hasher::new();
-        h.update(&format!("{:p}", &secret).into_bytes());
-        h.update(&std::process::id().to_le_bytes());
-        h.update(&format!("{:?}", std::time::SystemTime::now()).into_bytes());
-        secret = *h.finalize().as_bytes();
-    }
-    secret
-}
-
 impl Shared {
     fn identity<'a>(&self, key: &'a IdempotencyKey) -> Identity<'a> {
         Identity {
@@ -449,10 +435,10 @@ impl Shared {
         }
     }
 
-    /// The keyed hash of `key`. It is the largest CPU cost of an in-memory
+    /// The per-store keyed hash of `key`. It is one of the larger CPU costs of an in-memory
     /// operation, so a [`Reservation`] keeps the one computed by `reserve`.
     fn hash_of(&self, key: &IdempotencyKey) -> IdentityHash {
-        IdentityHash::new(&self.secret, key)
+        self.hasher.hash(key)
     }
 
     fn check_poison(&self) -> Result<()> {
