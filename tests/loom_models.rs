@@ -226,10 +226,20 @@ impl Log {
         }
     }
 
-    /// `Log::wait_durable`.
+    /// `Log::wait_durable`: one round of the leader path (a caller that
+    /// finds the writer free syncs itself; the spin phase repeats exactly
+    /// this), then the kick and the park.
     fn wait_durable(&self, end: u64) {
         if self.durable.load(Ordering::Acquire) >= end {
             return;
+        }
+        if let Ok(io) = self.io.try_lock() {
+            if self.durable.load(Ordering::Acquire) < end {
+                self.sync_holding(&io);
+            }
+            if self.durable.load(Ordering::Acquire) >= end {
+                return;
+            }
         }
         self.try_kick();
         let mut g = self.wait_lock.lock().expect("wait lock");
@@ -243,7 +253,12 @@ impl Log {
 
     /// `Log::sync` (via `flush`): `write_out` then fdatasync then `synced`.
     fn sync(&self) {
-        let _io = self.io.lock().expect("io");
+        let io = self.io.lock().expect("io");
+        self.sync_holding(&io);
+    }
+
+    /// `Log::sync` with the `io` lock held by the caller.
+    fn sync_holding(&self, _io: &()) {
         // write_out: swap the buffer out under the tail lock, write it.
         let (frames, end) = {
             let mut t = self.tail.lock().expect("tail");

@@ -20,6 +20,7 @@ use super::format;
 use super::fs::{FileSystem, LockGuard};
 use super::index::{self, table_hash, Entry, Shard};
 use super::lock::lock_dir;
+use super::prefill::spawn_prefill;
 use super::recovery::{self, hashes, Params};
 use super::writer::{spawn_writer, Log, LogSettings};
 use crate::clock::Timestamp;
@@ -45,6 +46,7 @@ pub(crate) struct LogEngine {
     pub(super) reclaiming: Mutex<()>,
     stop_writer: Option<Sender<()>>,
     writer: Option<JoinHandle<()>>,
+    prefill: Option<JoinHandle<()>>,
     // Last: released after the final flush in `drop`.
     _lock: LockGuard,
 }
@@ -111,6 +113,17 @@ impl LogEngine {
         );
         let log = Arc::new(log);
         let (stop_writer, stop) = crossbeam_channel::bounded::<()>(0);
+        let prefill = if config.durability == Durability::Sync && config.prefill_segments {
+            let thread = spawn_prefill(Arc::clone(&log), stop.clone()).map_err(|e| {
+                Error::io(
+                    format!("cannot start the prefill thread for {}", dir.display()),
+                    e,
+                )
+            })?;
+            Some(thread)
+        } else {
+            None
+        };
         let writer = spawn_writer(Arc::clone(&log), kicked, stop).map_err(|e| {
             Error::io(
                 format!("cannot start the writer thread for {}", dir.display()),
@@ -130,6 +143,7 @@ impl LogEngine {
             reclaiming: Mutex::new(()),
             stop_writer: Some(stop_writer),
             writer: Some(writer),
+            prefill,
             _lock: lock,
         })
     }
@@ -321,10 +335,13 @@ impl Engine for LogEngine {
 
 impl Drop for LogEngine {
     fn drop(&mut self) {
-        // Closing the channel stops the writer thread.
+        // Closing the channel stops the writer and prefill threads.
         drop(self.stop_writer.take());
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
+        for thread in [self.writer.take(), self.prefill.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = thread.join();
         }
         // Nothing to report a failure to: an unsynced tail is what a crash
         // would leave, and recovery handles it.

@@ -7,6 +7,7 @@
 //! * [`fs`] — the file I/O trait (public, for fault injection);
 //! * [`segment`] — segment files;
 //! * [`writer`] — the write path and the group-commit thread;
+//! * [`prefill`] — zero-filling the head segment ahead of `Sync` writes;
 //! * [`index`] — the compact in-memory index;
 //! * [`recovery`] — rebuilding the index on open;
 //! * [`reclaim`] — expiry and deleting / compacting old segments;
@@ -18,6 +19,7 @@ pub(crate) mod format;
 pub mod fs;
 pub(crate) mod index;
 pub(crate) mod lock;
+pub(crate) mod prefill;
 pub(crate) mod reclaim;
 pub(crate) mod recovery;
 pub(crate) mod segment;

@@ -83,6 +83,10 @@ pub struct CountingFs {
     pub data_syncs: AtomicU64,
     pub dir_syncs: AtomicU64,
     pub fail_syncs: AtomicBool,
+    /// Writes of at least a block of nothing but zeros: the prefill's.
+    pub zero_writes: AtomicU64,
+    /// Fail those writes.
+    pub fail_zero_writes: AtomicBool,
     /// While closed, data syncs wait (up to 10 s) for `open_gate`.
     pub gate: SyncGate,
 }
@@ -132,6 +136,12 @@ impl FileHandle for CountingFile {
         self.inner.read_exact_at(buf, offset)
     }
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if buf.len() >= 4096 && buf.iter().all(|&b| b == 0) {
+            if self.fs.fail_zero_writes.load(Ordering::SeqCst) {
+                return Err(io::Error::other("injected failure writing zeros"));
+            }
+            self.fs.zero_writes.fetch_add(1, Ordering::SeqCst);
+        }
         self.inner.write_all_at(buf, offset)
     }
     fn sync_data(&self) -> io::Result<()> {

@@ -39,12 +39,18 @@ pub fn fingerprint(body: u8) -> Fingerprint {
 }
 
 pub fn config(clock: &ManualClock) -> Config {
+    config_with_segment(clock, SEGMENT)
+}
+
+/// [`config`] with segments of `segment` bytes. Segments above one block
+/// leave the prefill thread room to write zeros ahead of the log.
+pub fn config_with_segment(clock: &ManualClock, segment: u64) -> Config {
     Config::builder()
         .clock(clock.clone())
         .lease(Duration::from_millis(LEASE_MS))
         .ttl(Duration::from_millis(TTL_MS))
         .durability(Durability::Sync)
-        .segment_size(SEGMENT)
+        .segment_size(segment)
         .maintenance_interval(None)
         .build()
 }
