@@ -450,6 +450,38 @@ fn idemlog_pairs_row<'a>(
     })
 }
 
+/// What touching memory the process has never used costs here: the first
+/// write to each 4 KiB page of a fresh 256 MiB allocation (the kernel
+/// zeroes a page, and under a hypervisor the host may have to back it).
+/// One call is one page; every row that keeps growing memory pays this per
+/// page it fills (the in-memory rows ~640 B per pair, i.e. a page per ~6).
+fn first_touch_row(opts: &Options) -> Planned<'_> {
+    plan(
+        "first-touch",
+        "first write to a fresh 4 KiB page",
+        "machine: page fault + zeroing",
+        1,
+        move || {
+            const PAGE: usize = 4096;
+            const BYTES: usize = 256 << 20;
+            drive(1, opts, &Keys::Fresh { seed: 5 }, 1, |_| {
+                let mut memory: Vec<u8> = Vec::with_capacity(BYTES);
+                let mut page = 0usize;
+                Ok(Box::new(move |_: &[u8; KEY_LEN]| {
+                    if (page + 1) * PAGE > memory.capacity() {
+                        // A fresh mapping; the old one goes back to the OS.
+                        memory = Vec::with_capacity(BYTES);
+                        page = 0;
+                    }
+                    memory.spare_capacity_mut()[page * PAGE].write(1);
+                    page += 1;
+                    Ok(None)
+                }) as Request<'static>)
+            })
+        },
+    )
+}
+
 fn per_op(before: Option<u64>, after: Option<u64>, ops: u64) -> Option<f64> {
     Some(after?.saturating_sub(before?) as f64 / ops.max(1) as f64)
 }
@@ -1059,6 +1091,7 @@ fn main() {
         idemlog_replay_row("replay-2", &memory, 2, &opts),
         idemlog_replay_row("replay-durable-2", &durable_sync, 2, &opts),
         harness_row(&opts),
+        first_touch_row(&opts),
     ];
 
     for (id, system, threads) in &durable {
@@ -1129,6 +1162,7 @@ fn main() {
     println!("Notes:");
     println!("  * One request = reserve (insert-if-absent of an in-flight record) + complete (300-byte response), fresh 32-byte random key; ops/s for those rows are pairs/s.");
     println!("  * Latency columns: whole request (p50/p99) and its reserve step alone (rsv); for the batched disk rows one call is one batch (one write + one fdatasync).");
+    println!("  * first write to a fresh 4 KiB page: what each page of new memory costs this machine (page fault + zeroing; under a hypervisor possibly a host fault too). Rows that keep every record in memory grow by ~640 B per pair (in-memory) and the page cache by ~600 B per pair (durable): their throughput and p99 include this cost.");
     println!(
         "  * Disk limit: one writer overwriting a preallocated, zero-filled {} MiB file from offset 0; reserve record {RESERVE_RECORD_BYTES} B + complete record {COMPLETE_RECORD_BYTES} B = {PAIR_BYTES} B per pair. \
          Batch 1 = each record followed by its own fdatasync (2 syncs per pair, reported as pairs/s); batch 64 = 64 records (32 pairs) per write + fdatasync, the most 64 Sync callers can hand one sync (each waits for its reserve before it completes); batch 128 = 64 pairs per sync, for context.",

@@ -120,11 +120,18 @@ fn end_frame(out: &mut Vec<u8>, start: usize) {
 pub(crate) fn put_frame_len(r: &Record) -> usize {
     let response = r.response().map_or(0, |b| b.len());
     let checkpoint = r.checkpoint.as_ref().map_or(0, |b| b.len());
-    FRAME_OVERHEAD + PUT_FIXED + r.key.scope().len() + r.key.key().len() + checkpoint + response
+    FRAME_OVERHEAD
+        + PUT_FIXED
+        + r.key.scope().len()
+        + r.key.key_bytes().len()
+        + checkpoint
+        + response
 }
 
 /// Appends the frame of a stored record.
 pub(crate) fn encode_put(out: &mut Vec<u8>, r: &Record) {
+    // One capacity check instead of one per field.
+    out.reserve(put_frame_len(r));
     let start = begin_frame(out);
     let (state, state_time, response): (u8, Timestamp, &[u8]) = match &r.state {
         RecordState::InFlight { lease_until } => (0, *lease_until, &[]),
@@ -144,7 +151,7 @@ pub(crate) fn encode_put(out: &mut Vec<u8>, r: &Record) {
     out.extend_from_slice(&r.expires_at.as_millis().to_le_bytes());
     out.extend_from_slice(&state_time.as_millis().to_le_bytes());
     let scope = r.key.scope();
-    let key = r.key.key().as_bytes();
+    let key = r.key.key_bytes();
     out.extend_from_slice(&(scope.len() as u32).to_le_bytes());
     out.extend_from_slice(&(key.len() as u32).to_le_bytes());
     out.extend_from_slice(&(checkpoint.len() as u32).to_le_bytes());
@@ -162,9 +169,9 @@ pub(crate) fn encode_tombstone(out: &mut Vec<u8>, key: &IdempotencyKey) {
     let start = begin_frame(out);
     out.extend_from_slice(&[KIND_TOMBSTONE, 0, 0, 0]);
     out.extend_from_slice(&(key.scope().len() as u32).to_le_bytes());
-    out.extend_from_slice(&(key.key().len() as u32).to_le_bytes());
+    out.extend_from_slice(&(key.key_bytes().len() as u32).to_le_bytes());
     out.extend_from_slice(key.scope());
-    out.extend_from_slice(key.key().as_bytes());
+    out.extend_from_slice(key.key_bytes());
     end_frame(out, start);
 }
 

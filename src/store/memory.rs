@@ -113,21 +113,22 @@ impl Engine for MemoryEngine {
         let mut report = MaintenanceReport::default();
         // One shard at a time, so no lock is held for more than one shard's
         // worth of records.
+        let mut removed: Vec<Slot> = Vec::new();
         for shard in self.shards.iter() {
-            let mut guard = shard.lock();
-            let shard = &mut *guard;
-            let (mut expired, mut in_flight_expired) = (0, 0);
-            shard.table.retain(|s| {
-                // Record::is_expired, on the slot's copy of the expiry.
-                let keep = now < s.expires_at;
-                if !keep {
-                    expired += 1;
-                    in_flight_expired += u64::from(s.record.is_in_flight());
-                }
-                keep
-            });
-            shard.in_flight -= in_flight_expired;
-            report.expired += expired;
+            {
+                let mut guard = shard.lock();
+                let shard = &mut *guard;
+                // Records are unlinked under the lock and freed after it:
+                // freeing hundreds of records is most of a pass's work, and
+                // requests to this shard wait for the lock meanwhile.
+                // (Record::is_expired, on the slot's copy of the expiry.)
+                removed.extend(shard.table.extract_if(|s| now >= s.expires_at));
+                let in_flight_expired =
+                    removed.iter().filter(|s| s.record.is_in_flight()).count() as u64;
+                shard.in_flight -= in_flight_expired;
+            }
+            report.expired += removed.len() as u64;
+            removed.clear();
         }
         Ok(report)
     }
