@@ -119,3 +119,58 @@ async fn an_owner_in_another_process_is_noticed_by_polling() {
     assert!(started.elapsed() <= Duration::from_millis(250), "next poll");
     assert_eq!(probe.executions(), 1);
 }
+
+/// The layer extends a held lease every third of its length while the
+/// handler runs: a duplicate arriving after the original lease would have
+/// run out is still answered 409, and the request runs once. Both clocks
+/// are driven by hand: tokio's (the heartbeat's timer) and the store's (the
+/// lease's end).
+#[tokio::test(start_paused = true)]
+async fn a_handler_slower_than_its_lease_keeps_it() {
+    let (store, clock) = store(1 << 20);
+    let probe = Arc::new(Probe::default());
+    let (mut entered, _finished) = watch_slow(&probe).await;
+    let app = routes(Arc::clone(&probe))
+        .layer(IdempotencyLayer::new(store.clone(), tenant_scope).lease(Duration::from_secs(3)));
+    let first = tokio::spawn(status_and_replayed(app.clone(), "h"));
+    signal(&mut entered, "first in the handler").await;
+    let key = idemlog::IdempotencyKey::new("tenant:alice", "h").unwrap();
+    let lease_until = || {
+        store
+            .lookup(&key)
+            .unwrap()
+            .and_then(|r| r.lease_until())
+            .expect("in flight")
+    };
+    let granted = lease_until();
+
+    // Three rounds: 2 s of store time, then the heartbeat's 1 s timer.
+    for round in 1..=3u64 {
+        clock.advance(Duration::from_secs(2));
+        tokio::time::advance(Duration::from_millis(1_001)).await;
+        let want = granted.saturating_add(Duration::from_secs(2 * round));
+        // Tokio's clock is paused, so the bound is in yields, not time: the
+        // extension is a task step or two away.
+        let mut yields = 0;
+        while lease_until() != want {
+            yields += 1;
+            assert!(
+                yields < 100_000,
+                "round {round}: lease not extended to {want:?}"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+    // 6 s after a 3 s lease was granted, a retry still finds it held.
+    let dup = tokio::time::timeout(
+        Duration::from_secs(20),
+        status_and_replayed(app.clone(), "h"),
+    )
+    .await
+    .expect("the duplicate took the request over and ran it again");
+    assert_eq!((dup.0, dup.1), (409, false), "{dup:?}");
+
+    probe.release.notify_one();
+    assert_eq!(first.await.unwrap(), (201, false, String::new()));
+    assert_eq!(probe.executions(), 1);
+}

@@ -62,6 +62,14 @@ pub trait Backend: Send + Sync + 'static {
     /// The limits the backend enforces, so callers can build keys and check
     /// responses before sending them.
     fn limits(&self) -> &Limits;
+
+    /// The lease a reservation gets when [`ReserveOptions`] names none, so
+    /// a caller can extend it by as much before it runs out. Backends with
+    /// a configuration return its lease; the provided value is
+    /// [`Config`](crate::Config)'s default.
+    fn default_lease(&self) -> Duration {
+        crate::Config::default().lease
+    }
 }
 
 /// The embedded store as a backend. In memory, and with buffered or no
@@ -124,6 +132,10 @@ impl Backend for Store {
 
     fn limits(&self) -> &Limits {
         &self.config().limits
+    }
+
+    fn default_lease(&self) -> Duration {
+        self.config().lease
     }
 }
 

@@ -378,6 +378,10 @@ impl Backend for RedisBackend {
     fn limits(&self) -> &Limits {
         &self.config.limits
     }
+
+    fn default_lease(&self) -> Duration {
+        self.config.lease
+    }
 }
 
 /// The fields of a lookup reply, in the script's order.

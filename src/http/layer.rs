@@ -267,9 +267,10 @@ impl<B: Backend> IdempotencyLayer<B> {
         self
     }
 
-    /// Lease of each reservation instead of the store's default: make it
-    /// longer than the slowest handler, or a retry takes the request over
-    /// while it still runs.
+    /// Lease of each reservation instead of the store's default. While a
+    /// handler runs the layer extends its lease every third of this, so a
+    /// short lease does not let a retry take over a slow handler; it bounds
+    /// how long a retry waits after this process dies mid-request.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.settings().reserve.lease = Some(lease);
         self

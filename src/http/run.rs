@@ -2,6 +2,7 @@
 //! client that goes away cancels nothing, then storing or releasing.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Request, Response};
 use http_body::Body;
@@ -13,6 +14,7 @@ use super::replay::to_stored;
 use super::service::{answer, Shared, TARGET};
 use super::trace::{identity_digest, KeyHash};
 use crate::backend::Backend;
+use crate::error::Error;
 use crate::store::Lease;
 
 impl<B: Backend> Shared<B> {
@@ -36,6 +38,11 @@ impl<B: Backend> Shared<B> {
     {
         let policy = self.settings.policy.clone();
         let limit = self.backend.limits().max_response_len;
+        let lease_for = self
+            .settings
+            .reserve
+            .lease
+            .unwrap_or_else(|| self.backend.default_lease());
         let shared = Arc::clone(&self);
         // Everything the application provides (handler, response body,
         // storage predicate) runs in `handler`, so a panic there is a
@@ -50,7 +57,8 @@ impl<B: Backend> Shared<B> {
                 let collected = collect_limited(body, limit).await;
                 Ok(Handled::Collected(parts, collected))
             });
-            let driven = shared.settle(handler.await, &lease, hash).await;
+            let (handled, lease) = shared.heartbeat(handler, lease, lease_for, hash).await;
+            let driven = shared.settle(handled, &lease, hash).await;
             if shared.settings.wait.is_some() {
                 shared.waiters.finished(&identity_digest(&lease.key));
             }
@@ -68,6 +76,40 @@ impl<B: Backend> Shared<B> {
                     ))
                     .with_key(client_key),
             )),
+        }
+    }
+
+    /// Waits for the handler, extending the lease every third of its length
+    /// meanwhile, so a handler slower than the lease is not taken over by a
+    /// retry while it still runs. A lease found lost (the store's clock
+    /// passed it before an extension landed, or another request took it
+    /// over) is not extended again; storing the response will then fail
+    /// with `LeaseLost` and change nothing.
+    async fn heartbeat<T>(
+        &self,
+        mut handler: tokio::task::JoinHandle<T>,
+        mut lease: Lease,
+        lease_for: Duration,
+        hash: KeyHash,
+    ) -> (Result<T, tokio::task::JoinError>, Lease) {
+        let every = (lease_for / 3).max(Duration::from_millis(1));
+        loop {
+            let Ok(joined) = tokio::time::timeout(every, &mut handler).await else {
+                match self.backend.extend(&mut lease, lease_for).await {
+                    Ok(()) => {
+                        tracing::trace!(target: TARGET, key_hash = %hash, "lease extended while the handler runs")
+                    }
+                    Err(e @ Error::LeaseLost { .. }) => {
+                        tracing::warn!(target: TARGET, key_hash = %hash, error = %e, "lease lost while the handler runs: a retry may run the request again");
+                        return (handler.await, lease);
+                    }
+                    Err(e) => {
+                        tracing::warn!(target: TARGET, key_hash = %hash, error = %e, "lease could not be extended; trying again")
+                    }
+                }
+                continue;
+            };
+            return (joined, lease);
         }
     }
 
