@@ -186,7 +186,8 @@ pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 /// Sends requests with an idempotency key and retries them, with the same key
 /// and the same body, on network errors and retryable statuses
 /// ([`is_retryable`]), with bounded exponential backoff and full jitter; a
-/// `Retry-After` in seconds replaces the backoff. Any other status is final.
+/// `Retry-After` (seconds, or an HTTP-date measured from the response's `Date`)
+/// replaces the backoff. Any other status is final.
 ///
 /// The transport is any tower service (hyper's client by default), and the
 /// sleeping is injectable ([`sleeper`](Self::sleeper)), so tests run without
@@ -325,7 +326,7 @@ impl<S> IdempotentClient<S> {
                             attempts: attempt,
                         });
                     }
-                    let delay = match retry_after(&response) {
+                    let delay = match retry_after(&response, std::time::SystemTime::now()) {
                         Some(wait) if wait > self.policy.max_retry_after => {
                             return Ok(Delivery {
                                 response,
@@ -360,11 +361,28 @@ impl<S> IdempotentClient<S> {
     }
 }
 
-/// `Retry-After` as delta-seconds; an HTTP-date is not honoured (the
-/// backoff applies), since clocks of client and server may differ.
-fn retry_after<B>(response: &Response<B>) -> Option<Duration> {
-    let value = response.headers().get(RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+/// `Retry-After` as delta-seconds or as an HTTP-date. A date is measured
+/// from the response's own `Date` header when it has one, so both instants
+/// come from the server's clock and a skewed client clock does not stretch
+/// or skip the wait; without `Date` it is measured from `now`. A date
+/// already past means no wait.
+fn retry_after<B>(response: &Response<B>, now: std::time::SystemTime) -> Option<Duration> {
+    let header = |name| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let value = header(RETRY_AFTER)?;
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    let from = header(http::header::DATE)
+        .and_then(|d| httpdate::parse_http_date(d).ok())
+        .unwrap_or(now);
+    Some(at.duration_since(from).unwrap_or(Duration::ZERO))
 }
 
 /// A small xorshift generator seeded from the OS, for jitter only.
@@ -458,16 +476,40 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_reads_delta_seconds_only() {
-        let with = |v: &'static str| {
+    fn retry_after_reads_delta_seconds_and_http_dates() {
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:00:00 GMT").unwrap();
+        let with = |headers: &[(&'static str, &'static str)]| {
             let mut r = Response::new(());
-            r.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static(v));
-            retry_after(&r)
+            for (name, value) in headers {
+                r.headers_mut().insert(
+                    HeaderName::from_static(name),
+                    HeaderValue::from_static(value),
+                );
+            }
+            retry_after(&r, now)
         };
-        assert_eq!(with("7"), Some(Duration::from_secs(7)));
-        assert_eq!(with(" 0 "), Some(Duration::ZERO));
-        assert_eq!(with("Wed, 21 Oct 2015 07:28:00 GMT"), None);
-        assert_eq!(retry_after(&Response::new(())), None);
+        assert_eq!(with(&[("retry-after", "7")]), Some(Duration::from_secs(7)));
+        assert_eq!(with(&[("retry-after", " 0 ")]), Some(Duration::ZERO));
+        // A date against the client's clock when the response has no Date...
+        assert_eq!(
+            with(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")]),
+            Some(Duration::from_secs(28 * 60))
+        );
+        // ...and against the server's own Date when it has one, whatever
+        // the client's clock says.
+        assert_eq!(
+            with(&[
+                ("retry-after", "Wed, 21 Oct 2015 09:00:30 GMT"),
+                ("date", "Wed, 21 Oct 2015 09:00:00 GMT"),
+            ]),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            with(&[("retry-after", "Wed, 21 Oct 2015 06:00:00 GMT")]),
+            Some(Duration::ZERO),
+            "a date already past means no wait"
+        );
+        assert_eq!(with(&[("retry-after", "soon")]), None);
+        assert_eq!(retry_after(&Response::new(()), now), None);
     }
 }
