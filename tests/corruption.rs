@@ -5,8 +5,10 @@
 //!   `UnsupportedFormatVersion`) — the damage was detected, or
 //! * hold exactly the records it held before — the damage was harmless
 //!   (in never-written space, or a torn tail that lost nothing), or
-//! * for a truncation only: hold the records of a prefix of the history,
-//!   the longer the file the longer the prefix (a torn tail is cut).
+//! * for a truncation only, opened with `Config::repair`: hold the records
+//!   of a prefix of the history, the longer the file the longer the prefix
+//!   (without `repair` every truncation is detected: segments are created
+//!   at full length, so a shorter one was cut by something else).
 //!
 //! Anything else — a record with other bytes, an invented record, a hole —
 //! is served corruption and fails the test. Damage: truncation at every
@@ -54,6 +56,7 @@ fn small_store() -> (Recording, Image, PathBuf, u64) {
     (rec, image, segs[0].clone(), now)
 }
 
+#[derive(Debug)]
 enum Verdict {
     Detected,
     Same,
@@ -62,16 +65,31 @@ enum Verdict {
 }
 
 fn judge(rec: &Recording, image: &Image, now: u64) -> Verdict {
+    judge_with(rec, image, now, false)
+}
+
+/// [`judge`], opening with `Config::repair` when `repair`.
+fn judge_with(rec: &Recording, image: &Image, now: u64, repair: bool) -> Verdict {
     let full = live_at(rec.views.last().expect("views"), now);
-    match reopen(Path::new(DIR), Arc::new(SimFs::from_image(image)), now) {
+    let fs = Arc::new(SimFs::from_image(image));
+    let opened = if repair {
+        let clock = ManualClock::new(Timestamp::from_millis(now));
+        let mut config = script::config(&clock);
+        config.repair = true;
+        idemlog::Store::open_with_fs(Path::new(DIR), config, fs)
+            .and_then(|store| script::view(&store))
+    } else {
+        reopen(Path::new(DIR), fs, now).map(|(_, _, got)| got)
+    };
+    match opened {
         Err(
             Error::Corrupt { .. }
             | Error::NotIdemlogFile { .. }
             | Error::UnsupportedFormatVersion { .. },
         ) => Verdict::Detected,
         Err(e) => Verdict::Served(format!("an untyped failure: {e}")),
-        Ok((_, _, got)) if got == full => Verdict::Same,
-        Ok((_, _, got)) => match (0..rec.views.len())
+        Ok(got) if got == full => Verdict::Same,
+        Ok(got) => match (0..rec.views.len())
             .rev()
             .find(|&m| live_at(&rec.views[m], now) == got)
         {
@@ -107,34 +125,52 @@ fn tally(c: &mut Count, v: &Verdict, what: &str, prefix_ok: bool, problems: &mut
 }
 
 #[test]
-fn truncation_at_every_offset_cuts_a_tail_or_is_detected() {
+fn truncation_at_every_offset_is_detected_and_repair_keeps_a_prefix() {
     let (rec, image, seg, now) = small_store();
     let bytes = image.files[&seg].clone();
     let end = data_end(&bytes);
     let (mut c, mut problems) = (Count::default(), Vec::new());
-    let mut last_prefix = 0;
+    let (mut repaired, mut last_prefix) = (Count::default(), 0);
     for cut in 0..=bytes.len() {
         let mut damaged = image.clone();
         damaged.files.insert(seg.clone(), bytes[..cut].to_vec());
         let v = judge(&rec, &damaged, now);
+        let whole = cut == bytes.len();
+        if whole != matches!(v, Verdict::Same) || !whole && !matches!(v, Verdict::Detected) {
+            problems.push(format!("cut at {cut} of {}: {v:?}", bytes.len()));
+        }
+        tally(&mut c, &v, &format!("cut at {cut}"), false, &mut problems);
+
+        // With repair the records before the cut are kept.
+        let v = judge_with(&rec, &damaged, now, true);
         if let Verdict::Prefix(m) = v {
             if m < last_prefix {
                 problems.push(format!(
-                    "cut at {cut}: prefix {m} shorter than at a shorter cut ({last_prefix})"
+                    "repair, cut at {cut}: prefix {m} shorter than at a shorter cut ({last_prefix})"
                 ));
             }
             last_prefix = m;
         }
         if cut >= end && !matches!(v, Verdict::Same) {
             problems.push(format!(
-                "cut at {cut}, past every written byte ({end}), lost data"
+                "repair, cut at {cut}, past every written byte ({end}): {v:?}"
             ));
         }
-        tally(&mut c, &v, &format!("cut at {cut}"), true, &mut problems);
+        tally(
+            &mut repaired,
+            &v,
+            &format!("repair, cut at {cut}"),
+            true,
+            &mut problems,
+        );
     }
-    println!("truncation: {c:?} (data ends at {end} of {})", bytes.len());
+    println!(
+        "truncation: {c:?}; with repair: {repaired:?} (data ends at {end} of {})",
+        bytes.len()
+    );
     assert!(problems.is_empty(), "{problems:#?}");
-    assert!(c.prefix > 0);
+    assert_eq!(c.detected, bytes.len());
+    assert!(repaired.prefix > 0);
 }
 
 #[test]

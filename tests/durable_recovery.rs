@@ -164,13 +164,16 @@ fn torn_tail_at_every_byte_keeps_exactly_the_complete_records() {
         let got = (state_of(&store, "f1"), state_of(&store, "f2"));
         assert_eq!(got, expected(cut), "cut at {cut}");
     };
+    // A torn tail: what a crash leaves past the cut in the preallocated
+    // file reads as zeros (the file keeps its length; a shorter file is
+    // refused, see `a_truncated_segment_is_refused_unless_repairing`).
     for cut in base_end..=end {
-        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
-        f.set_len(cut as u64).unwrap();
-        drop(f);
+        let mut torn = full.clone();
+        torn[cut..end].fill(0);
+        std::fs::write(&seg, &torn).unwrap();
         check(cut);
-        std::fs::write(&seg, &full).unwrap();
     }
+    std::fs::write(&seg, &full).unwrap();
     // Garbage or zeros after the last record, inside or past the
     // preallocated space: the same records.
     for (at, junk) in [
@@ -432,5 +435,52 @@ fn many_records_many_segments_model_check_across_reopens() {
             model.insert(k, v);
         }
         let _ = Config::default();
+    }
+}
+
+/// Segments are created at full length and synced before they get their
+/// name, so a shorter file was cut by something other than a crash, maybe
+/// through synced records: refused as `Corrupt` naming the file; with
+/// `repair` the records before the cut are kept.
+#[test]
+fn a_truncated_segment_is_refused_unless_repairing() {
+    let clock = clock();
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), config(&clock, Durability::Sync)).unwrap();
+        for i in 0..20 {
+            reserve_complete(&store, &format!("k{i}"), &response_of(i));
+        }
+    }
+    let seg = segment_files(dir.path()).pop().unwrap();
+    let full = std::fs::read(&seg).unwrap();
+    let all = frames(&full);
+    // Cut in the middle of the last record frame.
+    let last = all.iter().rev().find(|f| f.kind == 1).copied().unwrap();
+    let cut = (last.offset + last.len / 2) as u64;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+
+    let err = Store::open(dir.path(), config(&clock, Durability::Sync)).unwrap_err();
+    match &err {
+        Error::Corrupt { file, offset, .. } => {
+            assert_eq!(file, &seg);
+            assert_eq!(*offset, cut);
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert!(err.to_string().contains("repair"), "{err}");
+
+    let mut cfg = config(&clock, Durability::Sync);
+    cfg.repair = true;
+    let store = Store::open(dir.path(), cfg).unwrap();
+    // The cut went through k19's completion; its reservation came before.
+    for i in 0..20 {
+        let record = store.lookup(&key(&format!("k{i}"))).unwrap().unwrap();
+        assert_eq!(record.is_in_flight(), i == 19, "k{i}: {record:?}");
     }
 }

@@ -39,12 +39,14 @@ pub(crate) fn checksum(bytes: &[u8]) -> u32 {
 }
 
 /// The segment header: magic, version, segment id, checksum.
-pub(crate) fn encode_header(segment: u32) -> [u8; HEADER_LEN as usize] {
+pub(crate) fn encode_header(segment: u32, size: u64) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
     h[0..8].copy_from_slice(&MAGIC);
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     h[12..16].copy_from_slice(&segment.to_le_bytes());
-    // 16..28 reserved, zero.
+    // The size the file was created with; 0 in files that predate it.
+    h[16..24].copy_from_slice(&size.to_le_bytes());
+    // 24..28 reserved, zero.
     let c = checksum(&h[0..28]);
     h[28..32].copy_from_slice(&c.to_le_bytes());
     h
@@ -62,8 +64,9 @@ pub(crate) enum HeaderError {
 }
 
 /// Checks a header read from the start of a segment file (`bytes` may be
-/// short if the file is).
-pub(crate) fn decode_header(bytes: &[u8], segment: u32) -> Result<(), HeaderError> {
+/// short if the file is) and returns the size the file was created with
+/// (0 when the header predates that field).
+pub(crate) fn decode_header(bytes: &[u8], segment: u32) -> Result<u64, HeaderError> {
     if bytes.len() < 8 || bytes[0..8] != MAGIC {
         return Err(HeaderError::Magic);
     }
@@ -85,7 +88,9 @@ pub(crate) fn decode_header(bytes: &[u8], segment: u32) -> Result<(), HeaderErro
             "segment id in the header differs from the file name",
         ));
     }
-    Ok(())
+    let mut size = [0u8; 8];
+    size.copy_from_slice(&bytes[16..24]);
+    Ok(u64::from_le_bytes(size))
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -456,8 +461,8 @@ mod tests {
 
     #[test]
     fn headers_check_magic_version_checksum_and_id() {
-        let h = encode_header(7);
-        assert_eq!(decode_header(&h, 7), Ok(()));
+        let h = encode_header(7, 1 << 20);
+        assert_eq!(decode_header(&h, 7), Ok(1 << 20));
         assert!(matches!(decode_header(&h, 8), Err(HeaderError::Corrupt(_))));
         assert_eq!(decode_header(b"PK\x03\x04", 7), Err(HeaderError::Magic));
         let mut v2 = h;

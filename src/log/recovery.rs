@@ -214,6 +214,18 @@ fn scan_once(p: &Params<'_>) -> Result<Option<Opened>> {
     let mut segs = Vec::with_capacity(ids.len());
     for id in ids {
         match Segment::open(p.fs, p.dir, id) {
+            // With `repair` the records before the cut are kept, as for a
+            // torn tail: the most a truncated file can still give.
+            Ok(s) if s.is_truncated() && !p.repair => {
+                return Err(Error::Corrupt {
+                    file: s.path.clone(),
+                    offset: s.size,
+                    reason: format!(
+                        "the file is {} bytes long but was created with {}: something other than a crash truncated it, possibly cutting synced records; open with Config::repair to keep the records before the cut",
+                        s.size, s.created_size
+                    ),
+                });
+            }
             Ok(s) => segs.push(s),
             Err(Error::Corrupt { file, .. }) if p.repair => {
                 quarantine(p, &file)?;

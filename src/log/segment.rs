@@ -60,6 +60,19 @@ pub(crate) struct Segment {
     pub(crate) file: Box<dyn FileHandle>,
     /// Bytes allocated on disk (the file length).
     pub(crate) size: u64,
+    /// The length the file was created with (its header says; 0 for files
+    /// that predate the field). Files are preallocated and synced at this
+    /// length before they get their name, so a shorter file was truncated
+    /// by something other than a crash.
+    pub(crate) created_size: u64,
+}
+
+impl Segment {
+    /// Whether the file is shorter than it was created: a truncation no
+    /// crash makes, which may have cut synced frames.
+    pub(crate) fn is_truncated(&self) -> bool {
+        self.size < self.created_size
+    }
 }
 
 impl Segment {
@@ -75,8 +88,8 @@ impl Segment {
         let mut header = vec![0u8; size.min(u64::from(HEADER_LEN)) as usize];
         file.read_exact_at(&mut header, 0)
             .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
-        match format::decode_header(&header, id) {
-            Ok(()) => {}
+        let created_size = match format::decode_header(&header, id) {
+            Ok(created_size) => created_size,
             Err(format::HeaderError::Magic) => return Err(Error::NotIdemlogFile { file: path }),
             Err(format::HeaderError::Version(found)) => {
                 return Err(Error::UnsupportedFormatVersion {
@@ -92,12 +105,13 @@ impl Segment {
                     reason: reason.into(),
                 })
             }
-        }
+        };
         Ok(Segment {
             id,
             path,
             file,
             size,
+            created_size,
         })
     }
 
@@ -123,7 +137,7 @@ impl Segment {
         let file = fs
             .create(&temp)
             .map_err(|e| Error::io(ctx("create", &temp), e))?;
-        file.write_all_at(&format::encode_header(id), 0)
+        file.write_all_at(&format::encode_header(id, size), 0)
             .map_err(|e| Error::io(ctx("write the header of", &temp), e))?;
         file.allocate(size)
             .map_err(|e| Error::io(ctx("preallocate", &temp), e))?;
@@ -142,6 +156,7 @@ impl Segment {
             path,
             file,
             size,
+            created_size: size,
         })
     }
 
