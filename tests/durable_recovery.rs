@@ -484,3 +484,52 @@ fn a_truncated_segment_is_refused_unless_repairing() {
         assert_eq!(record.is_in_flight(), i == 19, "k{i}: {record:?}");
     }
 }
+
+/// `Buffered` promises the write reaches the OS at once and the sync comes
+/// within `max_delay`; a caller must not wait for that sync. With the
+/// writer thread's sync held inside `fdatasync`, reserves and completions
+/// still finish.
+#[test]
+fn buffered_writes_do_not_wait_for_the_timed_sync() {
+    let clock = clock();
+    let dir = tempfile::tempdir().unwrap();
+    let fs = std::sync::Arc::new(CountingFs::default());
+    let cfg = config(
+        &clock,
+        Durability::Buffered {
+            max_delay: Duration::from_millis(1),
+        },
+    );
+    let store =
+        Store::open_with_fs(dir.path(), cfg, std::sync::Arc::new(SharedFs(fs.clone()))).unwrap();
+    fs.gate.close();
+    reserve_complete(&store, "before", b"x");
+    // The writer thread's timed sync is now held in fdatasync.
+    let started = std::time::Instant::now();
+    while fs.gate.held.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the timed sync never started"
+        );
+        std::thread::yield_now();
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for i in 0..10 {
+                reserve_complete(&store, &format!("during-{i}"), b"y");
+            }
+            tx.send(()).unwrap();
+        })
+    };
+    let finished = rx.recv_timeout(Duration::from_secs(5));
+    fs.gate.open();
+    writer.join().unwrap();
+    assert!(
+        finished.is_ok(),
+        "Buffered writes waited for the timed fdatasync"
+    );
+    assert!(!fs.gate.timed_out.load(std::sync::atomic::Ordering::SeqCst));
+    drop(store);
+}

@@ -415,7 +415,8 @@ impl Log {
         self.last_sync_nanos.store(nanos, Ordering::Relaxed);
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.records_synced.fetch_add(records, Ordering::Relaxed);
-        self.durable.store(target, Ordering::Release);
+        // A sync made without `io` may finish after a roll synced further.
+        self.durable.fetch_max(target, Ordering::AcqRel);
         self.wake_waiters(target);
     }
 
@@ -429,6 +430,35 @@ impl Log {
             t.buf.extend_from_slice(&mark);
             t.head_end += mark.len() as u32;
         }
+    }
+
+    /// `Buffered`'s timed sync: writes the buffer under `io`, then syncs
+    /// with `io` released. A `Buffered` caller waits only for its frame to
+    /// be written, which needs `io`; holding it through the `fdatasync`
+    /// made callers wait for the disk every `max_delay` (p99 ~75 µs on 2
+    /// threads, against ~3 µs for `None`).
+    fn sync_in_background(&self) -> Result<()> {
+        let (target, head, records) = {
+            let mut io = self.io.lock();
+            if io.unsynced_records == 0 && self.tail.lock().records == 0 {
+                return self.check();
+            }
+            self.write_out(&mut io)?;
+            let target = self.written.load(Ordering::Acquire);
+            if target <= self.durable.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            // Under `io`, so `target` is in this segment: a roll needs `io`.
+            let head = Arc::clone(&self.tail.lock().head);
+            (target, head, std::mem::take(&mut io.unsynced_records))
+        };
+        let started = Instant::now();
+        if let Err(e) = head.file.sync_data() {
+            return Err(self.poison(format!("fdatasync of {} failed: {e}", head.path.display())));
+        }
+        self.synced(started, records, target);
+        self.append_mark(target);
+        Ok(())
     }
 
     /// Writes and (unless the durability is `None`) syncs everything
@@ -701,7 +731,10 @@ pub(crate) fn spawn_writer(
                 }
                 // Failures poison the log and wake the waiters; the thread
                 // keeps serving kicks, which then fail fast.
-                let _ = log.flush();
+                let _ = match log.durability {
+                    Durability::Buffered { .. } => log.sync_in_background(),
+                    _ => log.flush(),
+                };
             }
         })
 }
