@@ -50,7 +50,7 @@ impl IdempotencyKey {
     ) -> Result<Self> {
         let (scope, key) = (scope.as_ref(), key.as_ref());
         validate(scope, key, limits)?;
-        Ok(Self::from_parts(scope, key))
+        Ok(Self::from_stored(scope, key))
     }
 
     /// Builds the identity of a request to `method path`, placing the route
@@ -125,34 +125,36 @@ impl IdempotencyKey {
         check_lengths(self.scope().len(), self.key_bytes().len(), limits)
     }
 
-    /// Builds a key from stored parts without re-validating (the store
-    /// validated them when they were written).
+    /// Builds a key from parts without validating them: `with_limits`
+    /// validated them, or the store did when they were written.
     pub(crate) fn from_stored(scope: &[u8], key: &str) -> Self {
-        Self::from_parts(scope, key)
+        IdempotencyKey(with_framed(scope, key.as_bytes(), |framed| {
+            Arc::from(framed)
+        }))
     }
+}
 
-    fn from_parts(scope: &[u8], key: &str) -> Self {
-        // Scopes are bounded by `Limits::max_scope_len`, far below 4 GiB;
-        // a larger one could not be built past `validate`.
-        let scope_len = u32::try_from(scope.len()).unwrap_or(u32::MAX);
-        let len = SCOPE_LEN_BYTES + scope.len() + key.len();
-        let fill = |buf: &mut [u8]| {
-            buf[..SCOPE_LEN_BYTES].copy_from_slice(&scope_len.to_le_bytes());
-            buf[SCOPE_LEN_BYTES..SCOPE_LEN_BYTES + scope.len()].copy_from_slice(scope);
-            buf[SCOPE_LEN_BYTES + scope.len()..].copy_from_slice(key.as_bytes());
-        };
-        // Usual identities are assembled on the stack and copied into the
-        // one allocation `Arc<[u8]>::from` makes; larger ones go through a
-        // `Vec` (a second allocation, for keys past the usual sizes).
-        let mut stack = [0u8; 320];
-        if len <= stack.len() {
-            fill(&mut stack[..len]);
-            IdempotencyKey(Arc::from(&stack[..len]))
-        } else {
-            let mut heap = vec![0u8; len];
-            fill(&mut heap);
-            IdempotencyKey(Arc::from(heap))
-        }
+/// Calls `use_framed` with `[scope length: u32 LE][scope][key]`, the bytes
+/// of a key and of its identity hash. Usual identities are assembled on the
+/// stack; larger ones in a `Vec`.
+fn with_framed<T>(scope: &[u8], key: &[u8], use_framed: impl FnOnce(&[u8]) -> T) -> T {
+    // Scopes are bounded by `Limits::max_scope_len`, far below 4 GiB; a
+    // larger one could not be built past `validate`.
+    let scope_len = u32::try_from(scope.len()).unwrap_or(u32::MAX);
+    let len = SCOPE_LEN_BYTES + scope.len() + key.len();
+    let fill = |buf: &mut [u8]| {
+        buf[..SCOPE_LEN_BYTES].copy_from_slice(&scope_len.to_le_bytes());
+        buf[SCOPE_LEN_BYTES..SCOPE_LEN_BYTES + scope.len()].copy_from_slice(scope);
+        buf[SCOPE_LEN_BYTES + scope.len()..].copy_from_slice(key);
+    };
+    let mut stack = [0u8; 320];
+    if len <= stack.len() {
+        fill(&mut stack[..len]);
+        use_framed(&stack[..len])
+    } else {
+        let mut heap = vec![0u8; len];
+        fill(&mut heap);
+        use_framed(&heap)
     }
 }
 
@@ -173,8 +175,8 @@ fn validate(scope: &[u8], key: &str, limits: &Limits) -> Result<()> {
     let outside = key
         .as_bytes()
         .iter()
-        .fold(0u8, |acc, &b| acc | u8::from(b.wrapping_sub(0x20) > 0x5E));
-    if outside != 0 {
+        .fold(false, |acc, b| acc | !visible(b));
+    if outside {
         if let Some((position, &byte)) =
             key.as_bytes().iter().enumerate().find(|(_, b)| !visible(b))
         {
@@ -249,23 +251,8 @@ impl IdentityHasher {
     /// them from disk without building a key): the same as [`Self::hash`]
     /// of the key they make.
     pub(crate) fn hash_parts(&self, scope: &[u8], key: &[u8]) -> IdentityHash {
-        let scope_len = u32::try_from(scope.len()).unwrap_or(u32::MAX);
-        let mut buf = [0u8; 320];
-        let n = SCOPE_LEN_BYTES + scope.len() + key.len();
-        if n <= buf.len() {
-            // One write: SipHash's cost depends on how it is fed, not only
-            // on the bytes, so feed it exactly as `hash` does.
-            buf[..SCOPE_LEN_BYTES].copy_from_slice(&scope_len.to_le_bytes());
-            buf[SCOPE_LEN_BYTES..SCOPE_LEN_BYTES + scope.len()].copy_from_slice(scope);
-            buf[SCOPE_LEN_BYTES + scope.len()..n].copy_from_slice(key);
-            self.finish(|h| h.write(&buf[..n]))
-        } else {
-            let mut framed = Vec::with_capacity(n);
-            framed.extend_from_slice(&scope_len.to_le_bytes());
-            framed.extend_from_slice(scope);
-            framed.extend_from_slice(key);
-            self.finish(|h| h.write(&framed))
-        }
+        // Fed in one write, exactly as `hash` feeds a key's bytes.
+        with_framed(scope, key, |framed| self.finish(|h| h.write(framed)))
     }
 
     fn finish(&self, feed: impl FnOnce(&mut DefaultHasher)) -> IdentityHash {

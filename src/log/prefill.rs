@@ -50,7 +50,7 @@ fn run(log: &Log, stop: &Receiver<()>) {
                     Some((s, n)) if s.id == segment.id => n + len,
                     Some((s, _)) => {
                         // The log rolled: finish the old segment's zeros.
-                        if log.prefill_sync(&s).is_err() {
+                        if log.sync_segment(&s).is_err() {
                             return;
                         }
                         len
@@ -58,7 +58,7 @@ fn run(log: &Log, stop: &Receiver<()>) {
                     None => len,
                 };
                 if pending >= SYNC_EVERY {
-                    if log.prefill_sync(&segment).is_err() {
+                    if log.sync_segment(&segment).is_err() {
                         return;
                     }
                 } else {
@@ -67,7 +67,7 @@ fn run(log: &Log, stop: &Receiver<()>) {
             }
             Ok(None) => {
                 if let Some((segment, _)) = unsynced.take() {
-                    if log.prefill_sync(&segment).is_err() {
+                    if log.sync_segment(&segment).is_err() {
                         return;
                     }
                 }

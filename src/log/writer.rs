@@ -61,6 +61,16 @@ struct Io {
     unsynced_records: u64,
 }
 
+/// What one `fdatasync` must cover, as [`Log::prepare_sync`] found it.
+struct PendingSync {
+    /// Everything before it is written and becomes durable.
+    target: Pos,
+    /// The segment `target` is in.
+    head: Arc<Segment>,
+    /// Record frames among those bytes (for the records-per-sync figure).
+    records: u64,
+}
+
 /// The log of one data directory.
 pub(crate) struct Log {
     pub(crate) fs: Arc<dyn FileSystem>,
@@ -255,42 +265,32 @@ impl Log {
         // Nobody is writing: write and sync here, sparing the hand-off to
         // the writer thread and back. Callers that find it busy leave their
         // frames to the next sync (group commit), by whichever thread.
-        if let Some(mut io) = self.io.try_lock() {
-            if self.durable.load(Ordering::Acquire) < end {
-                self.sync(&mut io, false)?;
+        //
+        // If another thread is syncing, its sync and the next one that
+        // takes this frame are expected within a few sync latencies: wait
+        // for them yielding the processor rather than parking, trying the
+        // writer again each turn. Parking costs a futex sleep and wake per
+        // frame and lets the processors go idle between syncs; with many
+        // callers on few cores that, not the disk, bounded throughput (64
+        // callers on 2 cores: ~43 k pairs/s parked, ~72 k yielding,
+        // measured side by side). So syncs run back to back, each taking
+        // every frame appended during the previous one.
+        let spin = self.spin_budget();
+        let started = Instant::now();
+        loop {
+            if let Some(mut io) = self.io.try_lock() {
+                if self.durable.load(Ordering::Acquire) < end {
+                    self.sync(&mut io, false)?;
+                }
             }
             if self.durable.load(Ordering::Acquire) >= end {
                 return self.check();
             }
-        }
-        // Another thread is syncing. Its sync, and the next one that takes
-        // this frame, are expected within a few sync latencies: wait for
-        // them yielding the processor rather than parking. Parking costs a
-        // futex sleep and wake per frame and lets the processors go idle
-        // between syncs; with many callers on few cores that, not the disk,
-        // bounded throughput (64 callers on 2 cores: ~43 k pairs/s parked,
-        // ~72 k spinning, measured side by side). Whoever finds the writer
-        // free while its frame is not durable syncs, so syncs run back to
-        // back and each takes every frame appended during the previous one.
-        let spin = self.spin_budget();
-        if !spin.is_zero() {
-            let started = Instant::now();
-            loop {
-                if self.durable.load(Ordering::Acquire) >= end {
-                    return self.check();
-                }
-                self.check()?;
-                if let Some(mut io) = self.io.try_lock() {
-                    if self.durable.load(Ordering::Acquire) < end {
-                        self.sync(&mut io, false)?;
-                    }
-                    continue;
-                }
-                if started.elapsed() >= spin {
-                    break;
-                }
-                std::thread::yield_now();
+            self.check()?;
+            if started.elapsed() >= spin {
+                break;
             }
+            std::thread::yield_now();
         }
         let _ = self.kick.try_send(());
         loop {
@@ -390,23 +390,56 @@ impl Log {
     /// a buffer that holds only marks is left alone, so an idle store does
     /// not sync forever.
     fn sync(&self, io: &mut Io, marks_too: bool) -> Result<()> {
+        match self.prepare_sync(io, marks_too)? {
+            Some(pending) => self.finish_sync(pending),
+            None => Ok(()),
+        }
+    }
+
+    /// The half of a sync that needs `io`: writes the buffer and says what
+    /// the `fdatasync` must cover (`None`: nothing new to sync).
+    fn prepare_sync(&self, io: &mut Io, marks_too: bool) -> Result<Option<PendingSync>> {
         if !marks_too && io.unsynced_records == 0 && self.tail.lock().records == 0 {
-            return self.check();
+            self.check()?;
+            return Ok(None);
         }
         self.write_out(io)?;
         let target = self.written.load(Ordering::Acquire);
         if target <= self.durable.load(Ordering::Acquire) {
-            return Ok(());
+            return Ok(None);
         }
+        // Under `io`, so `target` is in this segment: a roll needs `io`.
         let head = Arc::clone(&self.tail.lock().head);
+        let records = std::mem::take(&mut io.unsynced_records);
+        Ok(Some(PendingSync {
+            target,
+            head,
+            records,
+        }))
+    }
+
+    /// The half of a sync that needs no lock: `fdatasync`, then `durable`
+    /// moves and waiters wake.
+    fn finish_sync(&self, pending: PendingSync) -> Result<()> {
         let started = Instant::now();
-        if let Err(e) = head.file.sync_data() {
-            return Err(self.poison(format!("fdatasync of {} failed: {e}", head.path.display())));
-        }
-        self.synced(started, std::mem::take(&mut io.unsynced_records), target);
+        self.sync_segment(&pending.head)?;
+        self.synced(started, pending.records, pending.target);
         // A mark rides with the next write, telling recovery that damage
         // before `target` is corruption, not a torn tail.
-        self.append_mark(target);
+        self.append_mark(pending.target);
+        Ok(())
+    }
+
+    /// `fdatasync` of `segment`. A failure poisons the log (SPEC §4): the
+    /// kernel may have dropped dirty pages, frames included, and a later
+    /// sync of the file could then report success.
+    pub(crate) fn sync_segment(&self, segment: &Segment) -> Result<()> {
+        if let Err(e) = segment.file.sync_data() {
+            return Err(self.poison(format!(
+                "fdatasync of {} failed: {e}",
+                segment.path.display()
+            )));
+        }
         Ok(())
     }
 
@@ -435,30 +468,13 @@ impl Log {
     /// `Buffered`'s timed sync: writes the buffer under `io`, then syncs
     /// with `io` released. A `Buffered` caller waits only for its frame to
     /// be written, which needs `io`; holding it through the `fdatasync`
-    /// made callers wait for the disk every `max_delay` (p99 ~75 µs on 2
-    /// threads, against ~3 µs for `None`).
+    /// made callers wait for the disk every `max_delay` (compare
+    /// `--only buffered-2`, three alternating runs each: 181–212 k →
+    /// 221–254 k pairs/s; the p99 of 70–88 µs did not move, its cause is
+    /// elsewhere).
     fn sync_in_background(&self) -> Result<()> {
-        let (target, head, records) = {
-            let mut io = self.io.lock();
-            if io.unsynced_records == 0 && self.tail.lock().records == 0 {
-                return self.check();
-            }
-            self.write_out(&mut io)?;
-            let target = self.written.load(Ordering::Acquire);
-            if target <= self.durable.load(Ordering::Acquire) {
-                return Ok(());
-            }
-            // Under `io`, so `target` is in this segment: a roll needs `io`.
-            let head = Arc::clone(&self.tail.lock().head);
-            (target, head, std::mem::take(&mut io.unsynced_records))
-        };
-        let started = Instant::now();
-        if let Err(e) = head.file.sync_data() {
-            return Err(self.poison(format!("fdatasync of {} failed: {e}", head.path.display())));
-        }
-        self.synced(started, records, target);
-        self.append_mark(target);
-        Ok(())
+        let pending = self.prepare_sync(&mut self.io.lock(), false)?;
+        pending.map_or(Ok(()), |pending| self.finish_sync(pending))
     }
 
     /// Writes and (unless the durability is `None`) syncs everything
@@ -573,9 +589,7 @@ impl Log {
             // The old segment is complete: sync it so that `durable` can
             // move into the new one.
             let started = Instant::now();
-            if let Err(e) = old.file.sync_data() {
-                return Err(self.poison(format!("fdatasync of {} failed: {e}", old.path.display())));
-            }
+            self.sync_segment(&old)?;
             self.synced(started, std::mem::take(&mut io.unsynced_records), new_start);
             self.append_mark(new_start);
         }
@@ -623,19 +637,6 @@ impl Log {
         }
         frontier.1 = start + len;
         Ok(Some((head, len)))
-    }
-
-    /// Syncs zeros written by the prefill. A failure poisons like any other
-    /// failed sync: the same call may have dropped dirty frames' pages too,
-    /// and a later sync of the file could then report success.
-    pub(crate) fn prefill_sync(&self, segment: &Segment) -> Result<()> {
-        if let Err(e) = segment.file.sync_data() {
-            return Err(self.poison(format!(
-                "fdatasync of {} failed: {e}",
-                segment.path.display()
-            )));
-        }
-        Ok(())
     }
 
     /// The payload of the frame at `loc`, read back from the file (written
