@@ -577,12 +577,10 @@ fn harness_row(opts: &Options) -> Planned<'_> {
 // ---------------------------------------------------------------------------
 // The disk's own limit
 
-/// Framed size of the durable log's reserve record for these requests (the
-/// durable branch's docs/FORMAT.md): frame header and trailer (12 B), fixed
-/// record fields (88 B), scope `tenant-bench` (12 B), key (32 B).
-const RESERVE_RECORD_BYTES: usize = 12 + 88 + SCOPE.len() + KEY_LEN;
-/// Framed size of the complete record: the same, plus the 300-byte response.
-const COMPLETE_RECORD_BYTES: usize = RESERVE_RECORD_BYTES + common::RESPONSE_LEN;
+/// Framed size of the durable log's reserve record for these requests.
+const RESERVE_RECORD_BYTES: usize = common::RESERVE_FRAME_LEN;
+/// Framed size of the complete record with the 300-byte response.
+const COMPLETE_RECORD_BYTES: usize = common::complete_frame_len(common::RESPONSE_LEN);
 const PAIR_BYTES: usize = RESERVE_RECORD_BYTES + COMPLETE_RECORD_BYTES;
 /// Size of the preallocated file the disk rows overwrite from offset 0.
 const DISK_FILE_BYTES: u64 = 64 << 20;

@@ -8,6 +8,11 @@
 //! changes the stored response (default 300 B); `--store durable` measures
 //! only the stores whose name contains `durable`. Results are also written to
 //! `target/idemlog-bench/footprint.jsonl`.
+//!
+//! After the load rows it measures the durable store's disk in steady state
+//! under TTL churn (`--no-steady` skips it): the same number of records stays
+//! live while old ones expire and maintenance gives their space back, which
+//! is what a long-running server's data directory looks like.
 
 mod common;
 
@@ -15,7 +20,9 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use idemlog::{Config, Durability, Fingerprint, Outcome, Store};
+use std::time::Duration;
+
+use idemlog::{Config, Durability, Fingerprint, ManualClock, Outcome, Store, Timestamp};
 
 use common::{key_str, KeyGen, SCOPE};
 
@@ -54,6 +61,10 @@ struct Options {
     subject: Option<usize>,
     /// `--store TEXT`: only stores whose name contains TEXT.
     only: Option<String>,
+    /// `--no-steady`: skip the steady-state churn measurement.
+    steady: bool,
+    /// Set in the child process that measures the steady state.
+    steady_child: bool,
 }
 
 fn options() -> Options {
@@ -76,6 +87,8 @@ fn options() -> Options {
             .position(|a| a == "--store")
             .and_then(|i| args.get(i + 1))
             .cloned(),
+        steady: !args.iter().any(|a| a == "--no-steady"),
+        steady_child: args.iter().any(|a| a == "--steady-child"),
     }
 }
 
@@ -155,6 +168,129 @@ fn measure(subject: &Subject, opts: &Options) -> Result<Footprint, String> {
     })
 }
 
+/// Disk use of the durable store once TTL churn has reached steady state.
+struct Steady {
+    /// Live records at the samples (about `records`).
+    live_records: u64,
+    /// Allocated bytes of the data directory per live record: mean and
+    /// largest over the samples.
+    disk_per_live_mean: f64,
+    disk_per_live_max: f64,
+    /// Maintenance totals over the whole run.
+    segments_deleted: u64,
+    records_copied: u64,
+    pairs: u64,
+}
+
+/// Requests whose records all live for the TTL, with the store's clock
+/// advanced 1 ms per request and a TTL of `records` ms, so `records` pairs
+/// are live at any moment. Maintenance runs every 1 % of the TTL. After two
+/// TTLs of warm-up, the directory's allocated bytes are sampled after each
+/// maintenance pass for one more TTL.
+fn measure_steady(opts: &Options) -> Result<Steady, String> {
+    let dir = common::scratch_dir("footprint-steady-").map_err(|e| e.to_string())?;
+    let fp = Fingerprint::of_bytes(br#"{"amount":1200,"currency":"eur"}"#);
+    let response: Vec<u8> = (0..opts.response_bytes).map(|i| i as u8).collect();
+    let clock = ManualClock::new(Timestamp::from_millis(1_000_000_000));
+    let live_target = opts.records as u64;
+    let config = Config::builder()
+        .durability(Durability::None)
+        .ttl(Duration::from_millis(live_target))
+        .clock(clock.clone())
+        .maintenance_interval(None)
+        .build();
+    let store = Store::open(dir.path(), config).map_err(|e| e.to_string())?;
+    let every = (live_target / 100).max(1);
+    let pairs = live_target * 3;
+    let mut gen = KeyGen::new(0x57EAD);
+    let (mut samples, mut sum, mut max) = (0u64, 0f64, 0f64);
+    let (mut live_seen, mut deleted, mut copied) = (0u64, 0u64, 0u64);
+    for i in 1..=pairs {
+        let key = store
+            .key(SCOPE, key_str(&gen.next_key()))
+            .map_err(|e| e.to_string())?;
+        match store.reserve(&key, &fp).map_err(|e| e.to_string())? {
+            Outcome::Acquired(r) => r.complete(response.clone()).map_err(|e| e.to_string())?,
+            other => return Err(format!("a fresh key was not acquired: {other:?}")),
+        }
+        clock.advance(Duration::from_millis(1));
+        if i % every == 0 {
+            let mut report = store.run_maintenance().map_err(|e| e.to_string())?;
+            deleted += report.segments_deleted;
+            copied += report.records_copied;
+            while report.more_work {
+                report = store.run_maintenance().map_err(|e| e.to_string())?;
+                deleted += report.segments_deleted;
+                copied += report.records_copied;
+            }
+            if i > live_target * 2 {
+                store.flush().map_err(|e| e.to_string())?;
+                let live = store.stats().live_records;
+                let per_live = common::disk_bytes(dir.path()) as f64 / live.max(1) as f64;
+                samples += 1;
+                sum += per_live;
+                max = max.max(per_live);
+                live_seen = live;
+            }
+        }
+    }
+    if samples == 0 {
+        return Err("no samples (records too few)".into());
+    }
+    Ok(Steady {
+        live_records: live_seen,
+        disk_per_live_mean: sum / samples as f64,
+        disk_per_live_max: max,
+        segments_deleted: deleted,
+        records_copied: copied,
+        pairs,
+    })
+}
+
+fn steady_one(opts: &Options, jsonl_path: &Path) {
+    let framed =
+        (common::RESERVE_FRAME_LEN + common::complete_frame_len(opts.response_bytes)) as f64;
+    match measure_steady(opts) {
+        Ok(s) => {
+            println!(
+                "steady state, durable: {} live records after {} requests with TTL churn; \
+                 disk per live pair {:.0} B mean, {:.0} B largest = {:.2}× / {:.2}× the {:.0} framed bytes \
+                 of a pair; {} segments deleted, {} records copied forward",
+                common::thousands(s.live_records as f64),
+                common::thousands(s.pairs as f64),
+                s.disk_per_live_mean,
+                s.disk_per_live_max,
+                s.disk_per_live_mean / framed,
+                s.disk_per_live_max / framed,
+                framed,
+                s.segments_deleted,
+                s.records_copied,
+            );
+            let line = serde_json::json!({
+                "system": "idemlog durable, steady TTL churn",
+                "records": opts.records,
+                "response_bytes": opts.response_bytes,
+                "requests": s.pairs,
+                "live_records": s.live_records,
+                "disk_bytes_per_live_pair_mean": s.disk_per_live_mean.round(),
+                "disk_bytes_per_live_pair_max": s.disk_per_live_max.round(),
+                "framed_bytes_per_pair": framed,
+                "segments_deleted": s.segments_deleted,
+                "records_copied": s.records_copied,
+            });
+            let appended = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(jsonl_path)
+                .and_then(|mut out| writeln!(out, "{line}"));
+            if let Err(e) = appended {
+                eprintln!("could not write {}: {e}", jsonl_path.display());
+            }
+        }
+        Err(e) => println!("steady state, durable: failed: {e}"),
+    }
+}
+
 /// Measures one subject in this process and prints its row. Each subject
 /// runs in a process of its own, so memory freed by one cannot hide the
 /// growth of the next.
@@ -206,6 +342,10 @@ fn main() {
         measure_one(i, &opts, &jsonl_path);
         return;
     }
+    if opts.steady_child {
+        steady_one(&opts, &jsonl_path);
+        return;
+    }
     println!(
         "footprint: {} completed records, {} B responses, 32 B keys; machine: {}; files on {}",
         common::thousands(opts.records as f64),
@@ -236,12 +376,28 @@ fn main() {
             println!("subject {i}: child process failed ({status:?})");
         }
     }
+    if opts.steady
+        && opts
+            .only
+            .as_ref()
+            .is_none_or(|only| "idemlog durable".contains(only.as_str()))
+    {
+        let status = std::process::Command::new(&exe)
+            .args(["--records", &opts.records.to_string()])
+            .args(["--response-bytes", &opts.response_bytes.to_string()])
+            .arg("--steady-child")
+            .status();
+        if !status.as_ref().is_ok_and(|s| s.success()) {
+            println!("steady state: child process failed ({status:?})");
+        }
+    }
     println!(
         "RAM B/record = growth of the measuring process's resident set (VmRSS) over the load / records; \
          the in-memory store keeps each response in RAM, so it includes the {} B response. \
          maintenance ms = one expiry pass with nothing expired (the background thread runs one per interval, default 1 s). \
-         Framed log bytes per pair for these records: reserve 144 B + complete {} B.",
+         Framed log bytes per pair for these records: reserve {} B + complete {} B.",
         opts.response_bytes,
-        144 + opts.response_bytes
+        common::RESERVE_FRAME_LEN,
+        common::complete_frame_len(opts.response_bytes)
     );
 }

@@ -17,6 +17,17 @@ pub const RESPONSE_LEN: usize = 300;
 /// The scope every idemlog benchmark key lives in.
 pub const SCOPE: &str = "tenant-bench";
 
+/// Framed size of the durable log's reserve record for the benches'
+/// requests (docs/FORMAT.md): frame header and trailer (12 B), fixed record
+/// fields (88 B), the scope and the key.
+pub const RESERVE_FRAME_LEN: usize = 12 + 88 + SCOPE.len() + KEY_LEN;
+
+/// Framed size of the complete record: the reserve record's fields plus the
+/// response.
+pub const fn complete_frame_len(response_len: usize) -> usize {
+    RESERVE_FRAME_LEN + response_len
+}
+
 /// A 300-byte response, as a handler would produce it.
 pub fn response() -> Vec<u8> {
     (0..RESPONSE_LEN).map(|i| b'a' + (i % 26) as u8).collect()
