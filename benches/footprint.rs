@@ -168,6 +168,19 @@ fn measure(subject: &Subject, opts: &Options) -> Result<Footprint, String> {
     })
 }
 
+/// Appends one JSON object to the results file (a failure is reported, not
+/// fatal: the table is already printed).
+fn append_line(jsonl_path: &Path, line: &serde_json::Value) {
+    let appended = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(jsonl_path)
+        .and_then(|mut out| writeln!(out, "{line}"));
+    if let Err(e) = appended {
+        eprintln!("could not write {}: {e}", jsonl_path.display());
+    }
+}
+
 /// Disk use of the durable store once TTL churn has reached steady state.
 struct Steady {
     /// Live records at the samples (about `records`).
@@ -278,14 +291,7 @@ fn steady_one(opts: &Options, jsonl_path: &Path) {
                 "segments_deleted": s.segments_deleted,
                 "records_copied": s.records_copied,
             });
-            let appended = std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(jsonl_path)
-                .and_then(|mut out| writeln!(out, "{line}"));
-            if let Err(e) = appended {
-                eprintln!("could not write {}: {e}", jsonl_path.display());
-            }
+            append_line(jsonl_path, &line);
         }
         Err(e) => println!("steady state, durable: failed: {e}"),
     }
@@ -321,14 +327,7 @@ fn measure_one(i: usize, opts: &Options, jsonl_path: &Path) {
                 "reopen_s": f.reopen_secs,
                 "maintenance_pass_s": f.maintenance_secs,
             });
-            let appended = std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(jsonl_path)
-                .and_then(|mut out| writeln!(out, "{line}"));
-            if let Err(e) = appended {
-                eprintln!("could not write {}: {e}", jsonl_path.display());
-            }
+            append_line(jsonl_path, &line);
         }
         Err(e) => println!("{:<24} failed: {e}", subject.name),
     }
