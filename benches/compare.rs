@@ -20,7 +20,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use idemlog::{Config, Durability, Fingerprint, Outcome, Store};
+use idemlog::{Backend, Bytes, Config, Durability, Fingerprint, Outcome, ReserveOptions, Store};
 
 use common::{key_str, KeyGen, KEY_LEN, SCOPE};
 
@@ -448,6 +448,123 @@ fn idemlog_pairs_row<'a>(
         drop(store);
         Ok(m)
     })
+}
+
+/// `tasks` async callers: tokio tasks on a runtime with one worker thread
+/// per core, each making requests through the [`Backend`] trait, as the HTTP
+/// layer does. With `Sync` a task's wait for its fdatasync is a future, so
+/// no thread per caller blocks; the figure to hold against the blocking
+/// callers of the row above it. CPU µs/op here is the whole process's.
+fn idemlog_async_row<'a>(
+    id: &'static str,
+    system: &'a IdemlogSystem,
+    tasks: usize,
+    opts: &'a Options,
+) -> Planned<'a> {
+    let mut seed = 1_000;
+    let name = format!("{}, async tasks", system.name);
+    plan(id, PAIR, name, tasks, move || {
+        seed += 1;
+        let dir = common::scratch_dir("idemlog-async-").map_err(|e| e.to_string())?;
+        let store = (system.make)(dir.path())?;
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let budget = Duration::from_secs_f64(opts.secs);
+        let max_calls = opts.max_calls;
+        let cpu_start = common::process_cpu_secs();
+        let started = Instant::now();
+        // Per task: requests made, whole-request and reserve latencies.
+        type TaskResult = Result<(u64, Histogram<u64>, Histogram<u64>), String>;
+        let outcomes: Vec<TaskResult> = runtime.block_on(async {
+            let handles: Vec<_> = (0..tasks)
+                .map(|i| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        let mut gen = KeyGen::new(seed * 1_000_003 + i as u64);
+                        let fp = bench_fingerprint();
+                        let response = Bytes::from(common::response());
+                        let mut total = histogram()?;
+                        let mut reserve = histogram()?;
+                        let deadline = Instant::now() + budget;
+                        let mut calls = 0u64;
+                        loop {
+                            let k = gen.next_key();
+                            let t0 = Instant::now();
+                            let key = store.key(SCOPE, key_str(&k)).map_err(|e| e.to_string())?;
+                            let lease = match Backend::reserve(
+                                &store,
+                                &key,
+                                &fp,
+                                ReserveOptions::default(),
+                            )
+                            .await
+                            .map_err(|e| e.to_string())?
+                            {
+                                Outcome::Acquired(lease) => lease,
+                                other => {
+                                    return Err(format!("a fresh key was not acquired: {other:?}"))
+                                }
+                            };
+                            let reserved = Instant::now();
+                            Backend::complete(&store, &lease, response.clone())
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            let t1 = Instant::now();
+                            total.saturating_record(nanos(t1 - t0));
+                            reserve.saturating_record(nanos(reserved - t0));
+                            calls += 1;
+                            if calls >= max_calls || t1 >= deadline {
+                                return Ok((calls, total, reserve));
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let mut outcomes = Vec::new();
+            for h in handles {
+                outcomes.push(
+                    h.await
+                        .unwrap_or_else(|e| Err(format!("a task failed: {e}"))),
+                );
+            }
+            outcomes
+        });
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        let cpu = common::process_cpu_secs()
+            .zip(cpu_start)
+            .map(|(end, start)| end - start);
+        drop(runtime);
+        let (mut total, mut reserve, mut calls) = (histogram()?, histogram()?, 0u64);
+        for outcome in outcomes {
+            let (n, t, r) = outcome?;
+            calls += n;
+            total.add(&t).map_err(|e| e.to_string())?;
+            reserve.add(&r).map_err(|e| e.to_string())?;
+        }
+        store.flush().map_err(|e| e.to_string())?;
+        let disk = common::disk_bytes(dir.path());
+        let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        Ok(Measured {
+            ops_per_s: calls as f64 / secs,
+            ops: calls,
+            p50_us: us(&total, 0.5),
+            p99_us: us(&total, 0.99),
+            reserve_p50_us: Some(us(&reserve, 0.5)),
+            reserve_p99_us: Some(us(&reserve, 0.99)),
+            rss_bytes_per_op: None,
+            disk_bytes_per_op: (disk > 0).then(|| disk as f64 / calls.max(1) as f64),
+            cpu_us_per_op: cpu.map(|c| c * 1e6 / calls.max(1) as f64),
+        })
+    })
+}
+
+/// An empty latency histogram (1 ns to 10 min, 3 significant digits).
+fn histogram() -> Result<Histogram<u64>, String> {
+    Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).map_err(|e| e.to_string())
 }
 
 /// What touching memory the process has never used costs here: the first
@@ -1095,6 +1212,7 @@ fn main() {
     for (id, system, threads) in &durable {
         planned.push(idemlog_pairs_row(id, system, *threads, &opts));
     }
+    planned.push(idemlog_async_row("sync-64-async", &durable_sync, 64, &opts));
 
     planned.push(disk_limit_row("disk-1", 1, &opts));
     planned.push(disk_limit_row("disk-64", 64, &opts));

@@ -190,6 +190,17 @@ pub fn thousands(n: f64) -> String {
 /// /proc/thread-self/stat, in seconds. Resolution is one clock tick
 /// (usually 10 ms), fine over runs of a second or more.
 pub fn thread_cpu_secs() -> Option<f64> {
+    cpu_secs_of("/proc/thread-self/stat")
+}
+
+/// CPU time (user + system) of the whole process so far, in seconds: for
+/// rows whose work runs on threads the bench does not own (an async
+/// runtime's workers, the store's writer thread).
+pub fn process_cpu_secs() -> Option<f64> {
+    cpu_secs_of("/proc/self/stat")
+}
+
+fn cpu_secs_of(stat_path: &str) -> Option<f64> {
     static TICKS_PER_SEC: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     let ticks = *TICKS_PER_SEC.get_or_init(|| {
         std::process::Command::new("getconf")
@@ -200,7 +211,7 @@ pub fn thread_cpu_secs() -> Option<f64> {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(100.0)
     });
-    let stat = fs::read_to_string("/proc/thread-self/stat").ok()?;
+    let stat = fs::read_to_string(stat_path).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
     let utime: u64 = fields.nth(11)?.parse().ok()?;

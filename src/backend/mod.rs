@@ -72,12 +72,14 @@ pub trait Backend: Send + Sync + 'static {
     }
 }
 
-/// The embedded store as a backend. In memory, and with buffered or no
-/// durability, each call runs on the caller's task (it never waits for I/O
-/// longer than a page-cache write). With `Durability::Sync` on a durable
-/// engine a call waits for a group commit's fdatasync; with the `http`
-/// feature (which brings tokio) that wait runs on tokio's blocking pool, so
-/// async executor threads keep serving other requests meanwhile.
+/// The embedded store as a backend. Each call runs on the caller's task:
+/// deciding never waits for I/O longer than a page-cache write, and with
+/// `Durability::Sync` on the durable engine the wait for the group commit's
+/// fdatasync is a future — the task is woken when its frames are synced, and
+/// no thread blocks meanwhile, so async executor threads keep serving other
+/// requests and concurrent tasks share one sync. On sled with
+/// `Durability::Sync`, whose flush runs inside the call, the call moves to
+/// tokio's blocking pool (with the `http` feature, which brings tokio).
 impl Backend for Store {
     async fn reserve(
         &self,
@@ -85,6 +87,9 @@ impl Backend for Store {
         fingerprint: &Fingerprint,
         options: ReserveOptions,
     ) -> Result<Outcome<Lease>> {
+        if !self.blocks_in_update() {
+            return self.reserve_async(key, fingerprint, options).await;
+        }
         let (key, fingerprint) = (key.clone(), *fingerprint);
         self.off_executor(move |store| {
             Ok(store
@@ -95,18 +100,27 @@ impl Backend for Store {
     }
 
     async fn complete(&self, lease: &Lease, response: Bytes) -> Result<()> {
+        if !self.blocks_in_update() {
+            return self.complete_async(lease, response).await;
+        }
         let lease = lease.clone();
         self.off_executor(move |store| store.complete_lease(&lease, response))
             .await
     }
 
     async fn release(&self, lease: &Lease) -> Result<()> {
+        if !self.blocks_in_update() {
+            return self.release_async(lease).await;
+        }
         let lease = lease.clone();
         self.off_executor(move |store| store.release_lease(&lease))
             .await
     }
 
     async fn extend(&self, lease: &mut Lease, lease_for: Duration) -> Result<()> {
+        if !self.blocks_in_update() {
+            return self.extend_async(lease, lease_for).await;
+        }
         let mut moved = lease.clone();
         let moved = self
             .off_executor(move |store| {
@@ -119,12 +133,18 @@ impl Backend for Store {
     }
 
     async fn checkpoint(&self, lease: &Lease, checkpoint: Bytes) -> Result<()> {
+        if !self.blocks_in_update() {
+            return self.checkpoint_async(lease, checkpoint).await;
+        }
         let lease = lease.clone();
         self.off_executor(move |store| store.checkpoint_lease(&lease, checkpoint))
             .await
     }
 
     async fn lookup(&self, key: &IdempotencyKey) -> Result<Option<Record>> {
+        if !self.blocks_in_update() {
+            return self.lookup_async(key).await;
+        }
         let key = key.clone();
         self.off_executor(move |store| Store::lookup(&store, &key))
             .await
@@ -140,14 +160,14 @@ impl Backend for Store {
 }
 
 impl Store {
-    /// Runs `op` on this store, moving it off the async executor when it may
-    /// block on an fsync (see the `Backend` impl above).
+    /// Runs `op`, which blocks on a flush, on tokio's blocking pool when
+    /// called from a tokio runtime (see the `Backend` impl above).
     async fn off_executor<T: Send + 'static>(
         &self,
         op: impl FnOnce(Store) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         #[cfg(feature = "http")]
-        if self.waits_for_sync() {
+        {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 let store = self.clone();
                 return match runtime.spawn_blocking(move || op(store)).await {

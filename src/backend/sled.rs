@@ -77,7 +77,7 @@ use crate::error::{Error, Result};
 use crate::fingerprint::{Fingerprint, FingerprintAlgorithm};
 use crate::identity::IdempotencyKey;
 use crate::record::{Record, RecordState};
-use crate::store::engine::{Change, Engine, EngineStats, Identity, MaintenanceReport};
+use crate::store::engine::{Change, Engine, EngineStats, Identity, MaintenanceReport, Wait};
 use crate::store::{Lease, Store};
 
 const BACKEND: &str = "sled";
@@ -308,11 +308,16 @@ impl Engine for SledEngine {
         false
     }
 
+    /// The `Sync` flush runs inside `update` and `get`.
+    fn blocks_in_update(&self) -> bool {
+        self.sync
+    }
+
     fn update(
         &self,
         id: Identity<'_>,
         decide: &mut dyn FnMut(Option<&Record>) -> Change,
-    ) -> Result<()> {
+    ) -> Result<Wait> {
         self.check_poison()?;
         let key = record_key(id.key);
         loop {
@@ -324,7 +329,7 @@ impl Engine for SledEngine {
             let (new, durable): (Option<IVec>, bool) = match decide(found.as_ref()) {
                 Change::Keep => {
                     // What `decide` saw must be durable before we answer.
-                    return self.sync_written();
+                    return self.sync_written().map(|()| Wait::Ready);
                 }
                 Change::Replayed => match found {
                     Some(mut r) => {
@@ -333,7 +338,7 @@ impl Engine for SledEngine {
                         r.replays = r.replays.saturating_add(1);
                         (Some(encode(&r)?.into()), false)
                     }
-                    None => return self.sync_written(),
+                    None => return self.sync_written().map(|()| Wait::Ready),
                 },
                 Change::Put(record) => {
                     self.cover_token(record.token)?;
@@ -350,7 +355,7 @@ impl Engine for SledEngine {
                     if durable {
                         self.written.fetch_add(1, Ordering::AcqRel);
                     }
-                    return self.sync_written();
+                    return self.sync_written().map(|()| Wait::Ready);
                 }
                 // Another writer changed the record since we read it:
                 // decide again on what is there now.
@@ -359,15 +364,15 @@ impl Engine for SledEngine {
         }
     }
 
-    fn get(&self, id: Identity<'_>) -> Result<Option<Record>> {
+    fn get(&self, id: Identity<'_>) -> Result<(Option<Record>, Wait)> {
         let key = record_key(id.key);
         match self.tree.get(&key).map_err(storage)? {
             Some(value) => {
                 let record = check_identity(decode_at(&key, &value)?, id.key)?;
                 self.sync_written()?;
-                Ok(Some(record))
+                Ok((Some(record), Wait::Ready))
             }
-            None => Ok(None),
+            None => Ok((None, Wait::Ready)),
         }
     }
 

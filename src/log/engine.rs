@@ -3,9 +3,10 @@
 //! Each update runs under its identity's index shard lock: find the entry,
 //! read its record (from the in-flight side table or back from disk), let
 //! the store decide, append the new frame to the log buffer, update the
-//! index, unlock; then wait, outside the lock, until the frame (or the
-//! last frame of that shard the decision saw) is as durable as the store's
-//! durability asks.
+//! index, unlock; then the caller waits, outside the lock, until the frame
+//! (or the last frame of that shard the decision saw) is as durable as the
+//! store's durability asks: blocking, or as a future registered with the
+//! group commit (async callers).
 
 use std::cell::RefCell;
 use std::path::Path;
@@ -28,7 +29,9 @@ use crate::config::{Config, Durability};
 use crate::error::{Error, Result};
 use crate::identity::IdentityHasher;
 use crate::record::Record;
-use crate::store::engine::{Change, Engine, EngineStats, Identity, MaintenanceReport};
+use crate::store::engine::{
+    Change, Engine, EngineStats, Identity, MaintenanceReport, Wait, WaitFuture,
+};
 
 thread_local! {
     /// Per-thread encoding buffer, so a frame costs no allocation.
@@ -216,7 +219,7 @@ impl Engine for LogEngine {
         &self,
         id: Identity<'_>,
         decide: &mut dyn FnMut(Option<&Record>) -> Change,
-    ) -> Result<()> {
+    ) -> Result<Wait> {
         self.log.check()?;
         let (hash, si) = self.locate(&id);
         let mut guard = self.shards[si].lock();
@@ -280,10 +283,26 @@ impl Engine for LogEngine {
             },
         };
         drop(guard);
-        self.log.wait(wait_for)
+        Ok(Wait::Log(wait_for))
     }
 
-    fn get(&self, id: Identity<'_>) -> Result<Option<Record>> {
+    fn wait(&self, wait: Wait) -> Result<()> {
+        match wait {
+            Wait::Ready => self.log.check(),
+            Wait::Log(end) => self.log.wait(end),
+        }
+    }
+
+    fn wait_async(&self, wait: Wait) -> WaitFuture<'_> {
+        match wait {
+            Wait::Log(end) if self.log.durability == Durability::Sync => {
+                WaitFuture::Log(self.log.wait_async(end))
+            }
+            _ => WaitFuture::Done(Some(self.wait(wait))),
+        }
+    }
+
+    fn get(&self, id: Identity<'_>) -> Result<(Option<Record>, Wait)> {
         self.log.check()?;
         let (hash, si) = self.locate(&id);
         let guard = self.shards[si].lock();
@@ -299,8 +318,7 @@ impl Engine for LogEngine {
         };
         let wait_for = guard.last_end;
         drop(guard);
-        self.log.wait(wait_for)?;
-        Ok(record)
+        Ok((record, Wait::Log(wait_for)))
     }
 
     fn maintain(&self, now: Timestamp) -> Result<MaintenanceReport> {

@@ -26,3 +26,4 @@ pub(crate) mod segment;
 pub(crate) mod writer;
 
 pub(crate) use engine::LogEngine;
+pub(crate) use writer::DurableWait;

@@ -5,6 +5,9 @@
 //! [`crate::decision`]), so the in-memory, durable and sled engines cannot
 //! disagree about outcomes.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::clock::Timestamp;
@@ -33,6 +36,38 @@ pub(crate) enum Change {
     Put(Record),
     /// Delete the record.
     Remove,
+}
+
+/// What must be durable before an engine's answer may be acted on (a
+/// reservation used, a response replayed, a write acknowledged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "an answer must not be acted on before its wait"]
+pub(crate) enum Wait {
+    /// Nothing: the answer is already as durable as the store asks.
+    Ready,
+    /// The durable log up to this position.
+    Log(u64),
+}
+
+/// An engine's wait, as a future for async callers: the durable log's
+/// `Sync` wait registers the task's waker with the group commit, so no
+/// thread blocks while the fdatasync runs.
+pub(crate) enum WaitFuture<'a> {
+    /// Already settled, with this result (taken on the first poll).
+    Done(Option<Result<()>>),
+    /// Waiting for the durable log.
+    Log(crate::log::DurableWait<'a>),
+}
+
+impl Future for WaitFuture<'_> {
+    type Output = Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        match self.get_mut() {
+            WaitFuture::Done(result) => Poll::Ready(result.take().unwrap_or(Ok(()))),
+            WaitFuture::Log(wait) => Pin::new(wait).poll(cx),
+        }
+    }
 }
 
 /// Engine-side figures for [`Stats`](crate::Stats).
@@ -69,15 +104,35 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// Reads the record of `id` (expired or not) and applies the change that
     /// `decide` returns, atomically with respect to every other call on the
     /// same identity. `decide` may be called more than once (optimistic
-    /// engines retry); only the last call's change is applied. Returns after
-    /// the change is as durable as the store's durability asks, and never
-    /// lets `decide` see a record that is not yet that durable before
-    /// returning.
+    /// engines retry); only the last call's change is applied. Returns what
+    /// must become durable before the caller acts on the decision: the
+    /// change itself, or the record `decide` saw, as the store's durability
+    /// asks. The caller passes it to [`wait`](Self::wait) or
+    /// [`wait_async`](Self::wait_async).
     fn update(
         &self,
         id: Identity<'_>,
         decide: &mut dyn FnMut(Option<&Record>) -> Change,
-    ) -> Result<()>;
+    ) -> Result<Wait>;
+
+    /// Blocks until `wait` is settled.
+    fn wait(&self, wait: Wait) -> Result<()> {
+        let _ = wait;
+        Ok(())
+    }
+
+    /// Settles `wait` without blocking the calling thread where the engine
+    /// can (the durable log's `Sync` waits).
+    fn wait_async(&self, wait: Wait) -> WaitFuture<'_> {
+        WaitFuture::Done(Some(self.wait(wait)))
+    }
+
+    /// Whether `update` and `get` themselves block on the disk, so that an
+    /// async caller must run them off its executor (sled's `Sync` flush).
+    /// Engines that hand back a [`Wait`] instead say no.
+    fn blocks_in_update(&self) -> bool {
+        false
+    }
 
     /// Whether `update` calls `decide` at most once. Callers then move
     /// owned data (a response) into the change instead of cloning it for a
@@ -86,8 +141,9 @@ pub(crate) trait Engine: Send + Sync + 'static {
         true
     }
 
-    /// The record of `id`, expired or not.
-    fn get(&self, id: Identity<'_>) -> Result<Option<Record>>;
+    /// The record of `id`, expired or not, and what must be durable before
+    /// it is shown (a record written but not yet synced).
+    fn get(&self, id: Identity<'_>) -> Result<(Option<Record>, Wait)>;
 
     /// Removes records expired at `now` and reclaims their space, bounded in
     /// work per call.

@@ -4,7 +4,7 @@ use crossbeam_utils::CachePadded;
 use hashbrown::hash_table::{Entry, HashTable};
 use parking_lot::Mutex;
 
-use super::engine::{Change, Engine, EngineStats, Identity, MaintenanceReport};
+use super::engine::{Change, Engine, EngineStats, Identity, MaintenanceReport, Wait};
 use crate::clock::Timestamp;
 use crate::error::Result;
 use crate::record::Record;
@@ -54,7 +54,7 @@ impl Engine for MemoryEngine {
         &self,
         id: Identity<'_>,
         decide: &mut dyn FnMut(Option<&Record>) -> Change,
-    ) -> Result<()> {
+    ) -> Result<Wait> {
         let mut guard = self.shard(&id).lock();
         let shard = &mut *guard;
         let entry = shard.table.entry(
@@ -96,17 +96,18 @@ impl Engine for MemoryEngine {
                 }
             }
         }
-        Ok(())
+        Ok(Wait::Ready)
     }
 
-    fn get(&self, id: Identity<'_>) -> Result<Option<Record>> {
+    fn get(&self, id: Identity<'_>) -> Result<(Option<Record>, Wait)> {
         let shard = self.shard(&id).lock();
-        Ok(shard
+        let record = shard
             .table
             .find(id.hash.table, |s| {
                 s.hash == id.hash.table && s.record.key == *id.key
             })
-            .map(|s| Record::clone(&s.record)))
+            .map(|s| Record::clone(&s.record));
+        Ok((record, Wait::Ready))
     }
 
     fn maintain(&self, now: Timestamp) -> Result<MaintenanceReport> {

@@ -28,7 +28,7 @@ use crate::log::LogEngine;
 use crate::record::{Record, RecordState};
 use counters::{Counters, Event};
 pub use engine::MaintenanceReport;
-use engine::{Change, Engine, Identity};
+use engine::{Change, Engine, Identity, Wait};
 use maintenance::MaintenanceThread;
 use memory::MemoryEngine;
 
@@ -353,7 +353,8 @@ impl Store {
         fingerprint: &Fingerprint,
         options: ReserveOptions,
     ) -> Result<Outcome> {
-        let (outcome, hash) = self.shared.reserve(key, fingerprint, options)?;
+        let shared = &self.shared;
+        let (outcome, hash) = shared.settle(shared.reserve(key, fingerprint, options))?;
         Ok(outcome.map(|lease| Reservation {
             shared: Arc::clone(&self.shared),
             lease,
@@ -364,7 +365,7 @@ impl Store {
 
     /// The record of `key`, or `None` if there is none or it has expired.
     pub fn lookup(&self, key: &IdempotencyKey) -> Result<Option<Record>> {
-        self.shared.lookup(key)
+        self.shared.settle(self.shared.lookup(key))
     }
 
     /// Removes expired records and reclaims space now. The background thread
@@ -389,14 +390,6 @@ impl Store {
         &self.shared.config
     }
 
-    /// Whether operations wait for an fsync: `Durability::Sync` on an engine
-    /// that writes to disk.
-    #[cfg(feature = "http")]
-    pub(crate) fn waits_for_sync(&self) -> bool {
-        self.shared.engine_name != "memory"
-            && self.shared.config.durability == crate::config::Durability::Sync
-    }
-
     /// The store's current time, from its clock.
     pub fn now(&self) -> Timestamp {
         self.shared.config.clock.now()
@@ -405,25 +398,88 @@ impl Store {
     /// Completes a held lease (the token-level form behind
     /// [`Reservation::complete`], for backends and the HTTP layer).
     pub fn complete_lease(&self, lease: &Lease, response: Bytes) -> Result<()> {
-        let hash = self.shared.hash_of(&lease.key);
-        self.shared.complete(lease, hash, response, lease.ttl)
+        let shared = &self.shared;
+        let hash = shared.hash_of(&lease.key);
+        shared.settle(shared.complete(lease, hash, response, lease.ttl))
     }
 
     /// Releases a held lease.
     pub fn release_lease(&self, lease: &Lease) -> Result<()> {
-        self.shared.release(lease, self.shared.hash_of(&lease.key))
+        let shared = &self.shared;
+        shared.settle(shared.release(lease, shared.hash_of(&lease.key)))
     }
 
     /// Extends a held lease to `now + lease_for`.
     pub fn extend_lease(&self, lease: &mut Lease, lease_for: Duration) -> Result<()> {
-        let hash = self.shared.hash_of(&lease.key);
-        self.shared.extend(lease, hash, lease_for)
+        let shared = &self.shared;
+        let hash = shared.hash_of(&lease.key);
+        lease.lease_until = shared.settle(shared.extend(lease, hash, lease_for))?;
+        Ok(())
     }
 
     /// Stores a checkpoint under a held lease.
     pub fn checkpoint_lease(&self, lease: &Lease, checkpoint: Bytes) -> Result<()> {
-        self.shared
-            .checkpoint(lease, self.shared.hash_of(&lease.key), checkpoint)
+        let shared = &self.shared;
+        shared.settle(shared.checkpoint(lease, shared.hash_of(&lease.key), checkpoint))
+    }
+
+    /// The async forms behind the [`Backend`](crate::Backend) impl: the
+    /// same operations, settling their waits without blocking a thread
+    /// where the engine allows (see [`Engine::wait_async`]).
+    pub(crate) async fn reserve_async(
+        &self,
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+        options: ReserveOptions,
+    ) -> Result<Outcome<Lease>> {
+        let shared = &self.shared;
+        let (outcome, _) = shared
+            .settle_async(shared.reserve(key, fingerprint, options))
+            .await?;
+        Ok(outcome)
+    }
+
+    pub(crate) async fn complete_async(&self, lease: &Lease, response: Bytes) -> Result<()> {
+        let shared = &self.shared;
+        let hash = shared.hash_of(&lease.key);
+        shared
+            .settle_async(shared.complete(lease, hash, response, lease.ttl))
+            .await
+    }
+
+    pub(crate) async fn release_async(&self, lease: &Lease) -> Result<()> {
+        let shared = &self.shared;
+        shared
+            .settle_async(shared.release(lease, shared.hash_of(&lease.key)))
+            .await
+    }
+
+    pub(crate) async fn extend_async(&self, lease: &mut Lease, lease_for: Duration) -> Result<()> {
+        let shared = &self.shared;
+        let hash = shared.hash_of(&lease.key);
+        lease.lease_until = shared
+            .settle_async(shared.extend(lease, hash, lease_for))
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn checkpoint_async(&self, lease: &Lease, checkpoint: Bytes) -> Result<()> {
+        let shared = &self.shared;
+        let hash = shared.hash_of(&lease.key);
+        shared
+            .settle_async(shared.checkpoint(lease, hash, checkpoint))
+            .await
+    }
+
+    pub(crate) async fn lookup_async(&self, key: &IdempotencyKey) -> Result<Option<Record>> {
+        let shared = &self.shared;
+        shared.settle_async(shared.lookup(key)).await
+    }
+
+    /// Whether `update` blocks on the disk itself (sled's `Sync` flush), so
+    /// async callers must run it off their executor.
+    pub(crate) fn blocks_in_update(&self) -> bool {
+        self.shared.engine.blocks_in_update()
     }
 }
 
@@ -454,11 +510,38 @@ impl Shared {
         self.poisoned.store(true, Ordering::Release);
     }
 
+    /// Blocks until `wait` is settled, then hands back `answer`.
+    fn settle<T>(&self, (answer, wait): (Result<T>, Wait)) -> Result<T> {
+        self.engine.wait(wait)?;
+        answer
+    }
+
+    /// [`settle`](Self::settle) for async callers: engines that can (the
+    /// durable log's `Sync` wait) settle without blocking a thread.
+    async fn settle_async<T>(&self, (answer, wait): (Result<T>, Wait)) -> Result<T> {
+        self.engine.wait_async(wait).await?;
+        answer
+    }
+
+    /// Decides a reservation. The answer may be acted on only after its
+    /// wait (see [`settle`](Self::settle)).
     fn reserve(
         &self,
         key: &IdempotencyKey,
         fingerprint: &Fingerprint,
         options: ReserveOptions,
+    ) -> (Result<(Outcome<Lease>, IdentityHash)>, Wait) {
+        let mut wait = Wait::Ready;
+        let answer = self.reserve_inner(key, fingerprint, options, &mut wait);
+        (answer, wait)
+    }
+
+    fn reserve_inner(
+        &self,
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+        options: ReserveOptions,
+        wait: &mut Wait,
     ) -> Result<(Outcome<Lease>, IdentityHash)> {
         key.check(&self.config.limits)?;
         self.check_poison()?;
@@ -468,7 +551,7 @@ impl Shared {
         let ttl = options.ttl.unwrap_or(self.config.ttl);
         let mut outcome = None;
         let mut replaced_expired = false;
-        self.engine.update(id, &mut |found| {
+        *wait = self.engine.update(id, &mut |found| {
             replaced_expired = found.is_some_and(|r| r.is_expired(now));
             let (result, change) = match decision::decide(found, fingerprint, now) {
                 Decision::Acquire { takeover } => {
@@ -553,34 +636,41 @@ impl Shared {
     }
 
     /// Runs `change` on the record held by `lease`, if the lease's token is
-    /// still current.
+    /// still current. The answer (including a denial, which may rest on a
+    /// record not yet durable) holds once the returned wait is settled.
     fn with_held(
         &self,
         lease: &Lease,
         hash: IdentityHash,
         mut change: impl FnMut(&Record, Timestamp) -> Change,
-    ) -> Result<()> {
-        self.check_poison()?;
+    ) -> (Result<()>, Wait) {
+        if let Err(e) = self.check_poison() {
+            return (Err(e), Wait::Ready);
+        }
         let now = self.config.clock.now();
         let id = Identity {
             key: &lease.key,
             hash,
         };
         let mut denied = None;
-        self.engine.update(
-            id,
-            &mut |found| match decision::authorize(found, lease.token, now) {
-                Ok(held) => {
-                    denied = None;
-                    change(held, now)
-                }
-                Err(e) => {
-                    denied = Some(e);
-                    Change::Keep
-                }
-            },
-        )?;
-        denied.map_or(Ok(()), Err)
+        let updated =
+            self.engine.update(
+                id,
+                &mut |found| match decision::authorize(found, lease.token, now) {
+                    Ok(held) => {
+                        denied = None;
+                        change(held, now)
+                    }
+                    Err(e) => {
+                        denied = Some(e);
+                        Change::Keep
+                    }
+                },
+            );
+        match updated {
+            Ok(wait) => (denied.map_or(Ok(()), Err), wait),
+            Err(e) => (Err(e), Wait::Ready),
+        }
     }
 
     fn complete(
@@ -589,20 +679,21 @@ impl Shared {
         hash: IdentityHash,
         response: Bytes,
         ttl: Duration,
-    ) -> Result<()> {
+    ) -> (Result<()>, Wait) {
         let limit = self.config.limits.max_response_len;
         if response.len() > limit {
-            return Err(Error::ResponseTooLarge {
+            let too_large = Error::ResponseTooLarge {
                 len: response.len(),
                 limit,
-            });
+            };
+            return (Err(too_large), Wait::Ready);
         }
         // Moved into the record when the engine decides once: cloning a
         // `Bytes` made from a `Vec` allocates.
         let mut response = Some(response);
         let retries = !self.engine.decides_once();
         let mut decided_twice = false;
-        self.with_held(lease, hash, |held, now| {
+        let (answer, wait) = self.with_held(lease, hash, |held, now| {
             let response = if retries {
                 response.clone()
             } else {
@@ -615,57 +706,75 @@ impl Shared {
                     Change::Keep
                 }
             }
-        })?;
-        if decided_twice {
+        });
+        if answer.is_ok() && decided_twice {
             // An engine broke its `decides_once` promise; nothing was
             // stored, and saying so beats storing an empty response.
-            return Err(Error::Backend {
+            let broken = Error::Backend {
                 backend: "idemlog",
                 message: "the storage engine asked for the completion twice; nothing was stored, retry the request".into(),
                 source: None,
-            });
+            };
+            return (Err(broken), wait);
         }
-        self.counters.add(hash.shard, Event::Completed, 1);
-        Ok(())
+        if answer.is_ok() {
+            self.counters.add(hash.shard, Event::Completed, 1);
+        }
+        (answer, wait)
     }
 
-    fn release(&self, lease: &Lease, hash: IdentityHash) -> Result<()> {
-        self.with_held(lease, hash, |_, _| Change::Remove)?;
-        self.counters.add(hash.shard, Event::Released, 1);
-        Ok(())
+    fn release(&self, lease: &Lease, hash: IdentityHash) -> (Result<()>, Wait) {
+        let (answer, wait) = self.with_held(lease, hash, |_, _| Change::Remove);
+        if answer.is_ok() {
+            self.counters.add(hash.shard, Event::Released, 1);
+        }
+        (answer, wait)
     }
 
-    fn extend(&self, lease: &mut Lease, hash: IdentityHash, lease_for: Duration) -> Result<()> {
+    /// Extends the lease; the answer is the lease's new end.
+    fn extend(
+        &self,
+        lease: &Lease,
+        hash: IdentityHash,
+        lease_for: Duration,
+    ) -> (Result<Timestamp>, Wait) {
         let ttl = lease.ttl;
         let mut lease_until = lease.lease_until;
-        self.with_held(lease, hash, |held, now| {
+        let (answer, wait) = self.with_held(lease, hash, |held, now| {
             lease_until = now.saturating_add(lease_for);
             Change::Put(decision::extended_record(held, now, lease_for, ttl))
-        })?;
-        lease.lease_until = lease_until;
-        Ok(())
+        });
+        (answer.map(|()| lease_until), wait)
     }
 
-    fn checkpoint(&self, lease: &Lease, hash: IdentityHash, checkpoint: Bytes) -> Result<()> {
+    fn checkpoint(
+        &self,
+        lease: &Lease,
+        hash: IdentityHash,
+        checkpoint: Bytes,
+    ) -> (Result<()>, Wait) {
         let limit = self.config.limits.max_checkpoint_len;
         if checkpoint.len() > limit {
-            return Err(Error::CheckpointTooLarge {
+            let too_large = Error::CheckpointTooLarge {
                 len: checkpoint.len(),
                 limit,
-            });
+            };
+            return (Err(too_large), Wait::Ready);
         }
         self.with_held(lease, hash, |held, _| {
             Change::Put(decision::checkpointed_record(held, checkpoint.clone()))
         })
     }
 
-    fn lookup(&self, key: &IdempotencyKey) -> Result<Option<Record>> {
-        key.check(&self.config.limits)?;
+    fn lookup(&self, key: &IdempotencyKey) -> (Result<Option<Record>>, Wait) {
+        if let Err(e) = key.check(&self.config.limits) {
+            return (Err(e), Wait::Ready);
+        }
         let now = self.config.clock.now();
-        Ok(self
-            .engine
-            .get(self.identity(key))?
-            .filter(|r| !r.is_expired(now)))
+        match self.engine.get(self.identity(key)) {
+            Ok((record, wait)) => (Ok(record.filter(|r| !r.is_expired(now))), wait),
+            Err(e) => (Err(e), Wait::Ready),
+        }
     }
 
     pub(crate) fn run_maintenance(&self) -> Result<MaintenanceReport> {
@@ -761,9 +870,8 @@ impl Reservation {
 
     /// Stores the response with a TTL chosen now.
     pub fn complete_with_ttl(mut self, response: impl Into<Bytes>, ttl: Duration) -> Result<()> {
-        let result = self
-            .shared
-            .complete(&self.lease, self.hash, response.into(), ttl);
+        let shared = &self.shared;
+        let result = shared.settle(shared.complete(&self.lease, self.hash, response.into(), ttl));
         // Succeeded, or lost the lease: nothing left to release. Other
         // failures (limits, I/O) still release on drop.
         self.done = matches!(result, Ok(()) | Err(Error::LeaseLost { .. }));
@@ -774,20 +882,23 @@ impl Reservation {
     /// failure that must not be cached).
     pub fn release(mut self) -> Result<()> {
         self.done = true;
-        self.shared.release(&self.lease, self.hash)
+        let shared = &self.shared;
+        shared.settle(shared.release(&self.lease, self.hash))
     }
 
     /// Extends the lease to `now + lease`: a heartbeat for long work.
     pub fn extend(&mut self, lease: Duration) -> Result<()> {
-        self.shared.extend(&mut self.lease, self.hash, lease)
+        let shared = &self.shared;
+        self.lease.lease_until = shared.settle(shared.extend(&self.lease, self.hash, lease))?;
+        Ok(())
     }
 
     /// Stores a small recovery point, handed to whoever takes the record over
     /// if this holder dies.
     pub fn checkpoint(&mut self, checkpoint: impl Into<Bytes>) -> Result<()> {
         let checkpoint = checkpoint.into();
-        self.shared
-            .checkpoint(&self.lease, self.hash, checkpoint.clone())?;
+        let shared = &self.shared;
+        shared.settle(shared.checkpoint(&self.lease, self.hash, checkpoint.clone()))?;
         self.lease.checkpoint = Some(checkpoint);
         Ok(())
     }
@@ -805,7 +916,8 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.done {
             // Best effort: if this fails the lease simply runs out.
-            let _ = self.shared.release(&self.lease, self.hash);
+            let shared = &self.shared;
+            let _ = shared.settle(shared.release(&self.lease, self.hash));
         }
     }
 }
