@@ -65,7 +65,9 @@ pub enum Durability {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Config {
-    /// How long a completed record replays (default 24 h).
+    /// How long a completed record replays (default 24 h). The durable
+    /// store's maintenance leaves records that expire within an eighth of
+    /// it to expire in place rather than copying them forward.
     pub ttl: Duration,
     /// How long a reservation holds its record before a retry may take it
     /// over (default 60 s).

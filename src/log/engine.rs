@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use crossbeam_utils::CachePadded;
@@ -47,6 +48,9 @@ pub(crate) struct LogEngine {
     max_token: u64,
     /// One maintenance pass at a time.
     pub(super) reclaiming: Mutex<()>,
+    /// Records expiring within this are left to expire rather than copied
+    /// forward (see `reclaim`).
+    pub(super) reclaim_horizon: Duration,
     stop_writer: Option<Sender<()>>,
     writer: Option<JoinHandle<()>>,
     prefill: Option<JoinHandle<()>>,
@@ -144,6 +148,7 @@ impl LogEngine {
             opened_at,
             max_token: opened.max_token,
             reclaiming: Mutex::new(()),
+            reclaim_horizon: super::reclaim::horizon(config.ttl),
             stop_writer: Some(stop_writer),
             writer: Some(writer),
             prefill,

@@ -111,6 +111,15 @@ impl Entry {
     }
 }
 
+/// The live frames of one segment, as the expiry pass counts them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SegmentLive {
+    /// Bytes of live frames.
+    pub(crate) bytes: u64,
+    /// Bytes of those that expire within the reclaim horizon.
+    pub(crate) expiring: u64,
+}
+
 /// An in-flight record kept whole, found by its entry's place on disk.
 pub(crate) struct Cached {
     pub(crate) hash: u32,
@@ -227,13 +236,15 @@ impl Shard {
     }
 
     /// Removes the entries expired at `now`, adding the frame bytes of the
-    /// others to `live` by segment (`head`: the log's head segment id);
-    /// returns how many were removed.
+    /// others to `live` by segment (`head`: the log's head segment id), and
+    /// separately those of entries that expire by `soon`; returns how many
+    /// were removed.
     pub(crate) fn expire(
         &mut self,
         now: Timestamp,
+        soon: Timestamp,
         head: u32,
-        live: &mut std::collections::BTreeMap<u32, u64>,
+        live: &mut std::collections::BTreeMap<u32, SegmentLive>,
     ) -> u64 {
         let mut gone = Vec::new();
         let long_lens = &self.long_lens;
@@ -242,11 +253,15 @@ impl Shard {
                 gone.push(*e);
                 return false;
             }
-            let len = match e.short_len() {
+            let len = u64::from(match e.short_len() {
                 Some(n) => n,
                 None => long_lens.get(&e.place()).copied().unwrap_or(0),
-            };
-            *live.entry(e.segment(head)).or_default() += u64::from(len);
+            });
+            let seg = live.entry(e.segment(head)).or_default();
+            seg.bytes += len;
+            if e.is_expired(soon) {
+                seg.expiring += len;
+            }
             true
         });
         for e in &gone {

@@ -9,14 +9,23 @@
 //! is `None`), so the later frames are on disk first, and each deletion is
 //! made durable (directory fsync) before the next one.
 //!
-//! The oldest segment is deleted once nothing in it is live. When at least
-//! half of it is dead (a third, while the log takes more than 1.5 times
-//! its live bytes), its live frames are first copied verbatim to the head
-//! of the log (bounded bytes per pass).
+//! The oldest segment is deleted once nothing in it is live. While any of
+//! its live records expires within the horizon ([`horizon`]), the pass
+//! waits for them: under a uniform TTL the oldest segment holds the oldest
+//! records in the store, which free their space soon anyway, and copying
+//! them would mix soon-dead records into the head, so that later segments
+//! go half dead early and are copied again. Once only records that outlive
+//! the horizon keep it (a longer per-request TTL than their neighbours', or
+//! neighbours superseded rather than expired), its live frames are copied
+//! verbatim to the head of the log when at least half of it is dead (a
+//! third, while the log takes more than 1.5 times its live bytes), bounded
+//! bytes per pass.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use super::engine::LogEngine;
+use super::index::SegmentLive;
 use super::segment::Segment;
 use crate::clock::Timestamp;
 use crate::error::Result;
@@ -25,16 +34,27 @@ use crate::store::engine::MaintenanceReport;
 /// Most segments deleted in one pass.
 const MAX_DELETIONS: usize = 64;
 
+/// The reclaim horizon for a store whose TTL is `ttl`: an eighth of it.
+/// A record that expires within it is not worth copying: under steady load
+/// (what is live is what was written in one TTL) the log takes in at most
+/// an eighth of its live bytes before the record's space comes back by
+/// itself. A record with longer to live, left alone in an old segment,
+/// would pin the segment (and every later one) for longer, so it is copied.
+pub(super) fn horizon(ttl: Duration) -> Duration {
+    ttl / 8
+}
+
 pub(super) fn maintain(engine: &LogEngine, now: Timestamp) -> Result<MaintenanceReport> {
     let _pass = engine.reclaiming.lock();
     engine.log.check()?;
     let mut report = MaintenanceReport::default();
     // 1. Expire entries, one shard at a time, and count live bytes per
-    //    segment.
-    let mut live: BTreeMap<u32, u64> = BTreeMap::new();
+    //    segment, and those of them that expire within the horizon.
+    let mut live: BTreeMap<u32, SegmentLive> = BTreeMap::new();
     let head = engine.log.head_id();
+    let soon = now.saturating_add(engine.reclaim_horizon);
     for shard in engine.shards.iter() {
-        report.expired += shard.lock().expire(now, head, &mut live);
+        report.expired += shard.lock().expire(now, soon, head, &mut live);
     }
     // 2. Free the oldest segments.
     let segments: Vec<(u32, u64)> = engine
@@ -45,7 +65,7 @@ pub(super) fn maintain(engine: &LogEngine, now: Timestamp) -> Result<Maintenance
         .map(|s| (s.id, s.size))
         .collect();
     let copy_budget = segments.first().map_or(0, |s| s.1);
-    let live_total: u64 = live.values().sum();
+    let live_total: u64 = live.values().map(|l| l.bytes).sum();
     let on_disk = engine.log.bytes_on_disk();
     let mut copied = 0u64;
     let mut doomed = Vec::new();
@@ -57,10 +77,18 @@ pub(super) fn maintain(engine: &LogEngine, now: Timestamp) -> Result<Maintenance
             report.more_work = true;
             break;
         }
-        let live_bytes = live.get(&id).copied().unwrap_or(0);
+        let SegmentLive {
+            bytes: live_bytes,
+            expiring,
+        } = live.get(&id).copied().unwrap_or_default();
         if live_bytes == 0 {
             doomed.push(id);
             continue;
+        }
+        // Records that expire within the horizon free it soon without a
+        // copy; later segments wait behind it.
+        if expiring > 0 {
+            break;
         }
         // Copy forward when at least half the segment is dead, or a third
         // while the log is over 1.5 times its live bytes.
