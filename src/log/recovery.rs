@@ -343,7 +343,7 @@ fn scan_segment(
         }
         let check = check_frame(w, at, size, segs[i].id, &mut st.hints)?;
         match check {
-            Check::Valid(n) => {
+            Check::Valid(n, hashed) => {
                 // `check_frame` left the payload in the window: no copy.
                 let w: &Window<'_> = w;
                 let Some(payload) = w.peek(at + 8, n) else {
@@ -356,7 +356,7 @@ fn scan_segment(
                             offset: at as u32,
                             len: (n + FRAME_OVERHEAD) as u32,
                         };
-                        st.take(p, segs, s, loc, w)?;
+                        st.take(p, segs, s, loc, hashed, w)?;
                         searching = false;
                         at += (n + FRAME_OVERHEAD) as u64;
                     }
@@ -391,7 +391,9 @@ fn scan_segment(
 }
 
 enum Check {
-    Valid(usize),
+    /// A frame with this payload length, and its identity hash if the
+    /// helper thread made it.
+    Valid(usize, Option<IdentityHash>),
     Zero,
     Bad(&'static str),
 }
@@ -405,11 +407,11 @@ fn check_frame(
 ) -> Result<Check> {
     // The helper checked this very frame already, header and payload (the
     // same bytes: nothing writes during recovery).
-    if let Some((len, _)) = hints.find(pos(segment, at as u32)) {
+    if let Some((len, hash)) = hints.find(pos(segment, at as u32)) {
         let n = len as usize;
         if at + (n + FRAME_OVERHEAD) as u64 <= size {
             w.get(at + 8, n)?;
-            return Ok(Check::Valid(n));
+            return Ok(Check::Valid(n, Some(hash)));
         }
     }
     let n = match format::frame_header(w.get(at, 8)?) {
@@ -423,7 +425,7 @@ fn check_frame(
     if !format::payload_ok(w.get(at + 8, n + 4)?) {
         return Ok(Check::Bad("frame checksum mismatch"));
     }
-    Ok(Check::Valid(n))
+    Ok(Check::Valid(n, None))
 }
 
 /// The first non-zero byte at or after `from`.
@@ -456,13 +458,15 @@ impl State {
     }
 
     /// Applies a valid frame found at `loc` (only marks once the log has
-    /// ended at a bad frame).
+    /// ended at a bad frame); `hashed` is its identity hash if the helper
+    /// thread made it.
     fn take(
         &mut self,
         p: &Params<'_>,
         segs: &[Segment],
         s: Summary<'_>,
         loc: Loc,
+        hashed: Option<IdentityHash>,
         w: &Window<'_>,
     ) -> Result<()> {
         if let Summary::Mark {
@@ -487,12 +491,7 @@ impl State {
             Summary::Tombstone { scope, key } => (scope, key),
             Summary::Mark { .. } => return Ok(()),
         };
-        let at = pos(loc.segment, loc.offset);
-        let id_hash = self
-            .hints
-            .find(at)
-            .map(|(_, h)| h)
-            .unwrap_or_else(|| p.hasher.hash_parts(scope, key));
+        let id_hash = hashed.unwrap_or_else(|| p.hasher.hash_parts(scope, key));
         let (hash, si) = hashes(id_hash, p.shards, p.hash_mask);
         let shard = &mut self.shards[si];
         let mut existing = None;

@@ -206,7 +206,10 @@ pub(crate) struct Window<'a> {
     start: u64,
 }
 
-const WINDOW: usize = 4 << 20;
+/// Bytes read at once. Small enough to stay in the core's cache while the
+/// frames in it are parsed: 256 KiB reopened 2 M records in 1.48–1.65 s
+/// against 1.77–2.03 s with 4 MiB (four alternating runs each).
+const WINDOW: usize = 256 << 10;
 
 impl<'a> Window<'a> {
     pub(crate) fn new(seg: &'a Segment, mut buf: Vec<u8>) -> Self {
