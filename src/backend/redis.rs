@@ -674,7 +674,7 @@ end
 return { 'C', 0 }
 "#;
 
-/// ARGV[3] token, ARGV[4] response, ARGV[5] TTL ms.
+/// ARGV\[3\] token, ARGV\[4\] response, ARGV\[5\] TTL ms.
 /// decision::completed_record: state completed, TTL from now, checkpoint
 /// dropped.
 const COMPLETE: &str = r#"
@@ -688,7 +688,7 @@ keep_tokens_until(ea)
 return { 'K' }
 "#;
 
-/// ARGV[3] token. Deletes the in-flight record; the token key stays, so
+/// ARGV\[3\] token. Deletes the in-flight record; the token key stays, so
 /// the next holder's token is higher.
 const RELEASE: &str = r#"
 local rec, lost = held()
@@ -697,7 +697,7 @@ redis.call('DEL', KEYS[1])
 return { 'K' }
 "#;
 
-/// ARGV[3] token, ARGV[4] lease ms, ARGV[5] TTL ms.
+/// ARGV\[3\] token, ARGV\[4\] lease ms, ARGV\[5\] TTL ms.
 /// decision::extended_record: a new lease from now.
 const EXTEND: &str = r#"
 local rec, lost = held()
@@ -710,7 +710,7 @@ keep_tokens_until(ea)
 return { 'K', lu }
 "#;
 
-/// ARGV[3] token, ARGV[4] checkpoint. decision::checkpointed_record.
+/// ARGV\[3\] token, ARGV\[4\] checkpoint. decision::checkpointed_record.
 const CHECKPOINT: &str = r#"
 local rec, lost = held()
 if not rec then return lost end

@@ -3,7 +3,7 @@
 //! commit, recovery and space reclamation. `docs/FORMAT.md` has the byte
 //! layout and the crash-safety arguments.
 //!
-//! * [`format`] — bytes on disk;
+//! * [`format`](mod@format) — bytes on disk;
 //! * [`fs`] — the file I/O trait (public, for fault injection);
 //! * [`segment`] — segment files;
 //! * [`writer`] — the write path and the group-commit thread;
