@@ -1317,4 +1317,15 @@ fn main() {
         Err(e) => eprintln!("could not write compare.jsonl: {e}"),
     }
     println!("total time {:.0} s", started.elapsed().as_secs_f64());
+    // A row that ran and failed is a bug (a missed target is not): fail the
+    // run, so CI's smoke run of `--quick` catches it.
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|r| matches!(&r.result, Err(why) if why.starts_with("failed")))
+        .map(|r| r.id)
+        .collect();
+    if !failed.is_empty() {
+        eprintln!("rows that failed: {}", failed.join(", "));
+        std::process::exit(1);
+    }
 }

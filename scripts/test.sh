@@ -40,5 +40,8 @@ step "benches and examples compile"
 cargo bench --all-features --no-run
 cargo build --release --all-features --examples
 
+step "benchmark smoke run: every comparison row but Redis, 1 s each (figures are not judged here)"
+cargo bench --bench compare -- --quick --no-redis
+
 step "demo: retry storm"
 cargo run --release --example retry_storm
