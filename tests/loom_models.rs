@@ -1,4 +1,4 @@
-//! loom models of the two hand-offs where threads meet (`--cfg idemlog_loom` only):
+//! loom models of the three hand-offs where threads meet (`--cfg idemlog_loom` only):
 //!
 //! ```text
 //! RUSTFLAGS="--cfg idemlog_loom" CARGO_TARGET_DIR=target/loom \
@@ -25,6 +25,14 @@
 //!    and wakes waiters under the wait lock. Properties: a caller returns
 //!    only once its frame is synced; no wake-up is lost (a lost wake-up is a
 //!    deadlock, which loom reports).
+//! 3. The async hand-off (`log::writer::{DurableWait::poll, Log::wake_waiters}`
+//!    and the writer thread): a task appends, then its future checks
+//!    `durable`, registers its waker under the wait lock (checking again
+//!    there), kicks the writer thread and returns pending; the writer syncs,
+//!    publishes `durable` and takes the wakers it covered under the same
+//!    lock. Properties as in model 2. The writer's gather before a sync
+//!    (`Log::gather`) only delays the sync, by a bounded park, so it is left
+//!    out: it cannot lose a wake-up.
 
 #![cfg(idemlog_loom)]
 
@@ -196,16 +204,94 @@ struct Log {
     tail: Mutex<(Vec<u64>, u64)>,
     /// `io`: one writer at a time.
     io: Mutex<()>,
-    /// The file: frames written, and how many of them are synced.
-    disk: Mutex<(Vec<u64>, usize)>,
+    disk: Disk,
     written: AtomicU64,
     durable: AtomicU64,
     /// `wait_lock` + `wake`.
     wait_lock: Mutex<()>,
     wake: Condvar,
-    /// `kick`: a bounded(1) channel, as a flag and a condvar.
-    kick: Mutex<(bool, bool)>, // (pending, stopped)
+    kick: Kick,
+}
+
+/// The file: frames written, and how many of them are synced.
+type Disk = Mutex<(Vec<u64>, usize)>;
+
+/// `kick`: a bounded(1) channel, as a flag and a condvar.
+struct Kick {
+    state: Mutex<(bool, bool)>, // (pending, stopped)
     kicked: Condvar,
+}
+
+impl Kick {
+    fn new() -> Kick {
+        Kick {
+            state: Mutex::new((false, false)),
+            kicked: Condvar::new(),
+        }
+    }
+
+    /// `kick.try_send(())`: a no-op when a kick is already pending.
+    fn try_kick(&self) {
+        let mut k = self.state.lock().expect("kick");
+        if !k.0 {
+            k.0 = true;
+            self.kicked.notify_one();
+        }
+    }
+
+    /// The writer thread's `select!`: waits for a kick and takes it; false
+    /// once the channel is closed with no kick pending.
+    fn take(&self) -> bool {
+        let mut k = self.state.lock().expect("kick");
+        while !k.0 && !k.1 {
+            k = self.kicked.wait(k).expect("wait");
+        }
+        if !k.0 && k.1 {
+            return false;
+        }
+        k.0 = false;
+        true
+    }
+
+    /// Closing the channel (the store's drop).
+    fn stop(&self) {
+        self.state.lock().expect("kick").1 = true;
+        self.kicked.notify_one();
+    }
+}
+
+/// Two callers append frames 1 and 2 and wait with `wait`; each checks its
+/// frame is synced when the wait returns. Then the writer stops.
+fn two_callers_then_stop<L: Send + Sync + 'static>(
+    log: Arc<L>,
+    writer: fn(&L),
+    append_and_wait: fn(&L, u64),
+    disk: fn(&L) -> &Disk,
+    kick: fn(&L) -> &Kick,
+) {
+    let writer = {
+        let log = Arc::clone(&log);
+        thread::spawn(move || writer(&log))
+    };
+    let callers: Vec<_> = (1..=2u64)
+        .map(|frame| {
+            let log = Arc::clone(&log);
+            thread::spawn(move || {
+                append_and_wait(&log, frame);
+                let d = disk(&log).lock().expect("disk");
+                assert!(
+                    d.0[..d.1].contains(&frame),
+                    "frame {frame} acknowledged but not synced: {:?}",
+                    *d
+                );
+            })
+        })
+        .collect();
+    for c in callers {
+        c.join().expect("caller");
+    }
+    kick(&log).stop();
+    writer.join().expect("writer");
 }
 
 impl Log {
@@ -215,15 +301,6 @@ impl Log {
         t.0.push(frame);
         t.1 += 1;
         t.1
-    }
-
-    /// `kick.try_send(())`: a no-op when a kick is already pending.
-    fn try_kick(&self) {
-        let mut k = self.kick.lock().expect("kick");
-        if !k.0 {
-            k.0 = true;
-            self.kicked.notify_one();
-        }
     }
 
     /// `Log::wait_durable`: one round of the leader path (a caller that
@@ -241,7 +318,7 @@ impl Log {
                 return;
             }
         }
-        self.try_kick();
+        self.kick.try_kick();
         let mut g = self.wait_lock.lock().expect("wait lock");
         loop {
             if self.durable.load(Ordering::Acquire) >= end {
@@ -285,17 +362,7 @@ impl Log {
 
     /// `spawn_writer`'s loop for `Durability::Sync`.
     fn writer(&self) {
-        loop {
-            {
-                let mut k = self.kick.lock().expect("kick");
-                while !k.0 && !k.1 {
-                    k = self.kicked.wait(k).expect("wait");
-                }
-                if !k.0 && k.1 {
-                    return;
-                }
-                k.0 = false;
-            }
+        while self.kick.take() {
             self.sync();
         }
     }
@@ -314,36 +381,138 @@ fn group_commit_returns_only_synced_frames_and_loses_no_wakeup() {
             durable: AtomicU64::new(0),
             wait_lock: Mutex::new(()),
             wake: Condvar::new(),
-            kick: Mutex::new((false, false)),
-            kicked: Condvar::new(),
+            kick: Kick::new(),
         });
-        let writer = {
-            let log = Arc::clone(&log);
-            thread::spawn(move || log.writer())
+        two_callers_then_stop(
+            log,
+            Log::writer,
+            |log, frame| {
+                let end = log.append(frame);
+                log.wait_durable(end);
+            },
+            |log| &log.disk,
+            |log| &log.kick,
+        );
+    });
+}
+
+// ---------------------------------------------------------------- model 3
+
+/// `Log` as async callers use it: the same buffer, disk and kick, with
+/// registered wakers in place of parked threads.
+struct AsyncLog {
+    tail: Mutex<(Vec<u64>, u64)>,
+    disk: Disk,
+    durable: AtomicU64,
+    /// `waiters`: (end position, waker) of every pending future.
+    waiters: Mutex<Vec<(u64, std::task::Waker)>>,
+    kick: Kick,
+}
+
+impl AsyncLog {
+    fn append(&self, frame: u64) -> u64 {
+        let mut t = self.tail.lock().expect("tail");
+        t.0.push(frame);
+        t.1 += 1;
+        t.1
+    }
+
+    /// The writer thread's sync: write, fdatasync, publish `durable`, then
+    /// wake (outside the lock) the wakers it covered (`wake_waiters`).
+    fn sync(&self) {
+        let (frames, end) = {
+            let mut t = self.tail.lock().expect("tail");
+            (std::mem::take(&mut t.0), t.1)
         };
-        let callers: Vec<_> = (1..=2u64)
-            .map(|frame| {
-                let log = Arc::clone(&log);
-                thread::spawn(move || {
-                    let end = log.append(frame);
-                    log.wait_durable(end);
-                    let d = log.disk.lock().expect("disk");
-                    assert!(
-                        d.0[..d.1].contains(&frame),
-                        "frame {frame} acknowledged but not synced: {:?}",
-                        *d
-                    );
-                })
-            })
-            .collect();
-        for c in callers {
-            c.join().expect("caller");
+        {
+            let mut d = self.disk.lock().expect("disk");
+            d.0.extend(frames);
+            d.1 = d.0.len();
+        }
+        self.durable.fetch_max(end, Ordering::AcqRel);
+        let ready: Vec<std::task::Waker> = {
+            let mut w = self.waiters.lock().expect("waiters");
+            let mut ready = Vec::new();
+            w.retain(|(at, waker)| {
+                if *at <= end {
+                    ready.push(waker.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            ready
+        };
+        for waker in ready {
+            waker.wake();
+        }
+    }
+
+    fn writer(&self) {
+        while self.kick.take() {
+            self.sync();
+        }
+    }
+}
+
+/// `DurableWait`.
+struct DurableWait<'a> {
+    log: &'a AsyncLog,
+    end: u64,
+    registered: bool,
+}
+
+impl std::future::Future for DurableWait<'_> {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let log = self.log;
+        if log.durable.load(Ordering::Acquire) >= self.end {
+            return std::task::Poll::Ready(());
         }
         {
-            let mut k = log.kick.lock().expect("kick");
-            k.1 = true;
-            log.kicked.notify_one();
+            let mut w = log.waiters.lock().expect("waiters");
+            if log.durable.load(Ordering::Acquire) >= self.end {
+                return std::task::Poll::Ready(());
+            }
+            if !self.registered {
+                w.push((self.end, cx.waker().clone()));
+                self.registered = true;
+            }
         }
-        writer.join().expect("writer");
+        log.kick.try_kick();
+        std::task::Poll::Pending
+    }
+}
+
+#[test]
+fn async_waits_return_only_synced_frames_and_lose_no_wakeup() {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(2);
+    builder.check(|| {
+        let log = Arc::new(AsyncLog {
+            tail: Mutex::new((Vec::new(), 0)),
+            disk: Mutex::new((Vec::new(), 0)),
+            durable: AtomicU64::new(0),
+            waiters: Mutex::new(Vec::new()),
+            kick: Kick::new(),
+        });
+        two_callers_then_stop(
+            log,
+            AsyncLog::writer,
+            |log, frame| {
+                let end = log.append(frame);
+                loom::future::block_on(DurableWait {
+                    log,
+                    end,
+                    registered: false,
+                });
+            },
+            |log| &log.disk,
+            |log| &log.kick,
+        );
     });
 }
