@@ -111,13 +111,7 @@ fn measure(subject: &Subject, opts: &Options) -> Result<Footprint, String> {
     let mut gen = KeyGen::new(0xF00D);
     let started = Instant::now();
     for _ in 0..opts.records {
-        let key = store
-            .key(SCOPE, key_str(&gen.next_key()))
-            .map_err(|e| e.to_string())?;
-        match store.reserve(&key, &fp).map_err(|e| e.to_string())? {
-            Outcome::Acquired(r) => r.complete(response.clone()).map_err(|e| e.to_string())?,
-            other => return Err(format!("a fresh key was not acquired: {other:?}")),
-        }
+        complete_fresh(&store, &gen.next_key(), &fp, &response)?;
     }
     store.flush().map_err(|e| e.to_string())?;
     let load_secs = started.elapsed().as_secs_f64();
@@ -166,6 +160,20 @@ fn measure(subject: &Subject, opts: &Options) -> Result<Footprint, String> {
         reopen_secs,
         maintenance_secs,
     })
+}
+
+/// One request on a fresh key: reserve, then complete with `response`.
+fn complete_fresh(
+    store: &Store,
+    key: &[u8; common::KEY_LEN],
+    fp: &Fingerprint,
+    response: &[u8],
+) -> Result<(), String> {
+    let key = store.key(SCOPE, key_str(key)).map_err(|e| e.to_string())?;
+    match store.reserve(&key, fp).map_err(|e| e.to_string())? {
+        Outcome::Acquired(r) => r.complete(response.to_vec()).map_err(|e| e.to_string()),
+        other => Err(format!("a fresh key was not acquired: {other:?}")),
+    }
 }
 
 /// Appends one JSON object to the results file (a failure is reported, not
@@ -219,22 +227,16 @@ fn measure_steady(opts: &Options) -> Result<Steady, String> {
     let (mut samples, mut sum, mut max) = (0u64, 0f64, 0f64);
     let (mut live_seen, mut deleted, mut copied) = (0u64, 0u64, 0u64);
     for i in 1..=pairs {
-        let key = store
-            .key(SCOPE, key_str(&gen.next_key()))
-            .map_err(|e| e.to_string())?;
-        match store.reserve(&key, &fp).map_err(|e| e.to_string())? {
-            Outcome::Acquired(r) => r.complete(response.clone()).map_err(|e| e.to_string())?,
-            other => return Err(format!("a fresh key was not acquired: {other:?}")),
-        }
+        complete_fresh(&store, &gen.next_key(), &fp, &response)?;
         clock.advance(Duration::from_millis(1));
         if i % every == 0 {
-            let mut report = store.run_maintenance().map_err(|e| e.to_string())?;
-            deleted += report.segments_deleted;
-            copied += report.records_copied;
-            while report.more_work {
-                report = store.run_maintenance().map_err(|e| e.to_string())?;
+            loop {
+                let report = store.run_maintenance().map_err(|e| e.to_string())?;
                 deleted += report.segments_deleted;
                 copied += report.records_copied;
+                if !report.more_work {
+                    break;
+                }
             }
             if i > live_target * 2 {
                 store.flush().map_err(|e| e.to_string())?;

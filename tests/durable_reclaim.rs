@@ -20,6 +20,31 @@ fn cfg(clock: &idemlog::ManualClock) -> Config {
         .build()
 }
 
+/// Churn tests: 100 s TTL, 64 KiB segments, no fsyncs.
+fn churn_cfg(clock: &idemlog::ManualClock) -> Config {
+    Config::builder()
+        .clock(clock.clone())
+        .durability(Durability::None)
+        .maintenance_interval(None)
+        .ttl(Duration::from_secs(100))
+        .segment_size(64 << 10)
+        .build()
+}
+
+/// Runs maintenance until a pass has no more work; returns the records
+/// copied forward and the segments deleted.
+fn maintain_fully(store: &Store) -> (u64, u64) {
+    let (mut copied, mut deleted) = (0, 0);
+    loop {
+        let report = store.run_maintenance().unwrap();
+        copied += report.records_copied;
+        deleted += report.segments_deleted;
+        if !report.more_work {
+            return (copied, deleted);
+        }
+    }
+}
+
 /// What the model expects of a key.
 #[derive(Debug, Clone)]
 enum Want {
@@ -190,30 +215,15 @@ fn uniform_ttl_churn_copies_nothing_forward_and_disk_stays_bounded() {
     // to expire, so waiting for them beats copying them.
     let dir = tempfile::tempdir().unwrap();
     let clock = clock();
-    let store = Store::open(
-        dir.path(),
-        Config::builder()
-            .clock(clock.clone())
-            .durability(Durability::None)
-            .maintenance_interval(None)
-            .ttl(Duration::from_secs(100))
-            .segment_size(64 << 10)
-            .build(),
-    )
-    .unwrap();
+    let store = Store::open(dir.path(), churn_cfg(&clock)).unwrap();
     let (mut copied, mut deleted, mut worst) = (0, 0, 0f64);
     for i in 1..=30_000u64 {
         pair(&store, &format!("u{i}"), ReserveOptions::default());
         clock.advance(Duration::from_millis(10));
         if i % 100 == 0 {
-            loop {
-                let report = store.run_maintenance().unwrap();
-                copied += report.records_copied;
-                deleted += report.segments_deleted;
-                if !report.more_work {
-                    break;
-                }
-            }
+            let (c, d) = maintain_fully(&store);
+            copied += c;
+            deleted += d;
             if i > 20_000 {
                 let s = store.stats();
                 worst = worst.max(s.bytes_on_disk as f64 / s.bytes_live as f64);
@@ -231,17 +241,8 @@ fn uniform_ttl_churn_copies_nothing_forward_and_disk_stays_bounded() {
 fn long_lived_stragglers_are_copied_forward_and_their_segment_goes() {
     let dir = tempfile::tempdir().unwrap();
     let clock = clock();
-    let config = || {
-        Config::builder()
-            .clock(clock.clone())
-            .durability(Durability::None)
-            .maintenance_interval(None)
-            .ttl(Duration::from_secs(100))
-            .segment_size(64 << 10)
-            .build()
-    };
     let long = Duration::from_secs(100 * 100);
-    let store = Store::open(dir.path(), config()).unwrap();
+    let store = Store::open(dir.path(), churn_cfg(&clock)).unwrap();
     // Two stragglers by their reservation's TTL, one by its completion's,
     // among records that expire 100 s on.
     pair(&store, "long-a", ReserveOptions::default().ttl(long));
@@ -265,21 +266,14 @@ fn long_lived_stragglers_are_copied_forward_and_their_segment_goes() {
     // later records expire within the horizon (100 s / 8), so the pass
     // stops at the first segment that holds any.
     clock.advance(Duration::from_secs(90));
-    let mut copied = 0;
-    loop {
-        let report = store.run_maintenance().unwrap();
-        copied += report.records_copied;
-        if !report.more_work {
-            break;
-        }
-    }
+    let (copied, _) = maintain_fully(&store);
     assert_eq!(copied, 3, "the stragglers are copied forward, nothing else");
     let now = segment_files(dir.path());
     for old in &old_segments[..old_segments.len() - 1] {
         assert!(!now.contains(old), "{} is still there", old.display());
     }
     drop(store);
-    let store = Store::open(dir.path(), config()).unwrap();
+    let store = Store::open(dir.path(), churn_cfg(&clock)).unwrap();
     for k in ["long-a", "long-b", "long-c"] {
         match store.reserve(&key(k), &fp(k)).unwrap() {
             Outcome::Replay(r) => assert_eq!(&r.response[..], &[7u8; 300][..], "{k}"),

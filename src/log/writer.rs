@@ -215,7 +215,7 @@ impl Log {
 
     /// Fails with `Poisoned` once a write or sync failed.
     pub(crate) fn check(&self) -> Result<()> {
-        if self.poisoned.load(Ordering::Acquire) {
+        if self.is_poisoned() {
             let cause = self.poison_cause.lock().clone().unwrap_or_default();
             return Err(Error::Poisoned { cause });
         }
@@ -361,20 +361,18 @@ impl Log {
                 return;
             }
             let mut ready = Vec::new();
-            let mut tasks_left = 0;
+            let (mut tasks_woken, mut tasks_left) = (0, 0);
             let mut i = 0;
             while i < waiters.len() {
+                let is_task = usize::from(matches!(waiters[i].1, Waiter::Task(_)));
                 if waiters[i].0 <= upto {
+                    tasks_woken += is_task;
                     ready.push(waiters.swap_remove(i).1);
                 } else {
-                    tasks_left += usize::from(matches!(waiters[i].1, Waiter::Task(_)));
+                    tasks_left += is_task;
                     i += 1;
                 }
             }
-            let tasks_woken = ready
-                .iter()
-                .filter(|w| matches!(w, Waiter::Task(_)))
-                .count();
             if tasks_woken > 0 {
                 self.task_waiters.fetch_sub(tasks_woken, Ordering::SeqCst);
                 self.gather_target
@@ -847,6 +845,13 @@ pub(crate) fn spawn_writer(
         })
 }
 
+/// Where in `waiters` the task that registered `waker` for `end` is.
+fn task_entry(waiters: &[(Pos, Waiter)], end: Pos, waker: &Waker) -> Option<usize> {
+    waiters
+        .iter()
+        .position(|(at, w)| *at == end && matches!(w, Waiter::Task(t) if t.will_wake(waker)))
+}
+
 /// A `Sync` wait as a future (see [`Log::wait_async`]).
 pub(crate) struct DurableWait<'a> {
     log: &'a Log,
@@ -882,12 +887,8 @@ impl Future for DurableWait<'_> {
                 Some(old) if old.will_wake(cx.waker()) => {}
                 Some(old) => {
                     // Polled from another task: move the entry to its waker.
-                    let end = this.end;
-                    let mine = waiters.iter_mut().find(|(at, w)| {
-                        *at == end && matches!(w, Waiter::Task(t) if t.will_wake(old))
-                    });
-                    if let Some((_, waiter)) = mine {
-                        *waiter = Waiter::Task(cx.waker().clone());
+                    if let Some(i) = task_entry(&waiters, this.end, old) {
+                        waiters[i].1 = Waiter::Task(cx.waker().clone());
                     }
                 }
                 None => {
@@ -910,11 +911,7 @@ impl Drop for DurableWait<'_> {
             return;
         };
         let mut waiters = self.log.waiters.lock();
-        let end = self.end;
-        if let Some(i) = waiters
-            .iter()
-            .position(|(at, w)| *at == end && matches!(w, Waiter::Task(t) if t.will_wake(&mine)))
-        {
+        if let Some(i) = task_entry(&waiters, self.end, &mine) {
             waiters.swap_remove(i);
             self.log.task_waiters.fetch_sub(1, Ordering::SeqCst);
         }
