@@ -16,6 +16,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -723,52 +724,141 @@ fn record_bytes(len: usize, salt: u8) -> Vec<u8> {
         .collect()
 }
 
-/// One writer appending pairs with one fdatasync per `batch` pairs. With
-/// `batch == 1` each pair is two records, each followed by its own fdatasync
-/// (reserve must be durable before the work runs, complete before the
-/// response is acknowledged): 2 syncs per pair. With `batch == 64`, the 128
-/// records of 64 pairs go out in one write and one fdatasync.
+/// How the file under a disk row starts out.
+#[derive(Clone, Copy, PartialEq)]
+enum DiskLayout {
+    /// Zero-filled and synced first: each fdatasync flushes data only.
+    Written,
+    /// Preallocated with `fallocate` and never written ("unwritten"
+    /// extents): each fdatasync must also record blocks as written.
+    Unwritten,
+    /// Preallocated, with a second thread writing zeros ahead of the
+    /// appender the way idemlog's prefill does in a `Sync` head segment
+    /// (src/log/prefill.rs): 128 KiB at a time, up to 8 MiB ahead, synced
+    /// every MiB and whenever it catches up.
+    ZeroedAhead,
+}
+
+/// Size of the preallocated file of the `Unwritten` and `ZeroedAhead`
+/// rows: never wrapped within a run, so their blocks stay as the layout
+/// says.
+const FALLOCATED_FILE_BYTES: u64 = 1 << 30;
+
+fn fallocated_file(dir: &Path) -> std::io::Result<File> {
+    let path = dir.join("disk-limit.log");
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    rustix::fs::fallocate(
+        &file,
+        rustix::fs::FallocateFlags::empty(),
+        0,
+        FALLOCATED_FILE_BYTES,
+    )?;
+    file.sync_all()?;
+    File::open(dir)?.sync_all()?;
+    Ok(file)
+}
+
+/// The prefill's pattern, against the appender whose end is `written`.
+fn zero_ahead(file: &File, written: &AtomicU64, stop: &AtomicBool) -> Result<(), String> {
+    const CHUNK: usize = 128 << 10;
+    const AHEAD: u64 = 8 << 20;
+    const SYNC_EVERY: u64 = 1 << 20;
+    let zeros = vec![0u8; CHUNK];
+    let (mut frontier, mut pending) = (0u64, 0u64);
+    while !stop.load(Ordering::Relaxed) {
+        let first_free = written.load(Ordering::Acquire).next_multiple_of(4096);
+        frontier = frontier.max(first_free);
+        if frontier < (first_free + AHEAD).min(FALLOCATED_FILE_BYTES) {
+            file.write_all_at(&zeros, frontier)
+                .map_err(|e| e.to_string())?;
+            frontier += CHUNK as u64;
+            pending += CHUNK as u64;
+            if pending < SYNC_EVERY {
+                continue;
+            }
+        } else if pending == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        file.sync_data().map_err(|e| e.to_string())?;
+        pending = 0;
+    }
+    Ok(())
+}
+
 /// One writer appending the records of whole pairs, `records` per
-/// `fdatasync` (1, or an even number: `records / 2` pairs per call).
-fn disk_limit_row<'a>(id: &'static str, records: usize, opts: &'a Options) -> Planned<'a> {
-    let system = if records == 1 {
-        "disk limit: fdatasync per record".to_string()
-    } else {
-        format!("disk limit: fdatasync per {records} records")
+/// `fdatasync` (1, or an even number: `records / 2` pairs per call). With
+/// one record per call each pair is two records, each followed by its own
+/// fdatasync (reserve must be durable before the work runs, complete before
+/// the response is acknowledged); with 64, the 64 records of 32 pairs go
+/// out in one write and one fdatasync.
+fn disk_limit_row<'a>(
+    id: &'static str,
+    records: usize,
+    layout: DiskLayout,
+    opts: &'a Options,
+) -> Planned<'a> {
+    // At most 38 characters: the table's system column.
+    let system = match (layout, records) {
+        (DiskLayout::Written, 1) => "disk limit: fdatasync per record".to_string(),
+        (DiskLayout::Written, _) => format!("disk limit: fdatasync per {records} records"),
+        (DiskLayout::Unwritten, _) => format!("disk limit: per {records} records, fallocated"),
+        (DiskLayout::ZeroedAhead, _) => format!("disk limit: per {records} records, zeroing"),
     };
     let batch = (records / 2).max(1);
     plan(id, PAIR, system, 1, move || {
         let dir = common::scratch_dir("disk-limit-").map_err(|e| e.to_string())?;
-        let file = preallocated_file(dir.path()).map_err(|e| e.to_string())?;
+        let (file, file_bytes) = match layout {
+            DiskLayout::Written => (preallocated_file(dir.path()), DISK_FILE_BYTES),
+            _ => (fallocated_file(dir.path()), FALLOCATED_FILE_BYTES),
+        };
+        let file = file.map_err(|e| e.to_string())?;
         let reserve = record_bytes(RESERVE_RECORD_BYTES, 0x5A);
         let complete = record_bytes(COMPLETE_RECORD_BYTES, 0xC3);
         let batch_buf: Vec<u8> = (0..batch)
             .flat_map(|_| reserve.iter().chain(&complete).copied())
             .collect();
-        let mut m = drive(1, opts, &Keys::Fresh { seed: 1 }, batch as u64, |_| {
-            let file = &file;
-            let (reserve, complete, batch_buf) = (&reserve, &complete, &batch_buf);
-            let mut offset = 0u64;
-            let mut append = move |bytes: &[u8]| -> Result<(), String> {
-                if offset + bytes.len() as u64 > DISK_FILE_BYTES {
-                    offset = 0;
-                }
-                file.write_all_at(bytes, offset)
-                    .map_err(|e| e.to_string())?;
-                offset += bytes.len() as u64;
-                file.sync_data().map_err(|e| e.to_string())
-            };
-            Ok(Box::new(move |_: &[u8; KEY_LEN]| {
-                if records == 1 {
-                    append(reserve)?;
-                    let reserved = Instant::now();
-                    append(complete)?;
-                    Ok(Some(reserved))
-                } else {
-                    append(batch_buf)?;
-                    Ok(None)
-                }
-            }) as Request<'_>)
+        let written = AtomicU64::new(0);
+        let stop = AtomicBool::new(false);
+        let mut m = std::thread::scope(|s| {
+            let neighbour = (layout == DiskLayout::ZeroedAhead)
+                .then(|| s.spawn(|| zero_ahead(&file, &written, &stop)));
+            let measured = drive(1, opts, &Keys::Fresh { seed: 1 }, batch as u64, |_| {
+                let (file, written) = (&file, &written);
+                let (reserve, complete, batch_buf) = (&reserve, &complete, &batch_buf);
+                let mut offset = 0u64;
+                let mut append = move |bytes: &[u8]| -> Result<(), String> {
+                    if offset + bytes.len() as u64 > file_bytes {
+                        offset = 0;
+                    }
+                    file.write_all_at(bytes, offset)
+                        .map_err(|e| e.to_string())?;
+                    offset += bytes.len() as u64;
+                    written.store(offset, Ordering::Release);
+                    file.sync_data().map_err(|e| e.to_string())
+                };
+                Ok(Box::new(move |_: &[u8; KEY_LEN]| {
+                    if records == 1 {
+                        append(reserve)?;
+                        let reserved = Instant::now();
+                        append(complete)?;
+                        Ok(Some(reserved))
+                    } else {
+                        append(batch_buf)?;
+                        Ok(None)
+                    }
+                }) as Request<'_>)
+            });
+            stop.store(true, Ordering::Relaxed);
+            match neighbour.map(|n| n.join()) {
+                Some(Ok(Err(e))) => Err(format!("zero-filling thread: {e}")),
+                Some(Err(_)) => Err("zero-filling thread panicked".to_string()),
+                _ => measured,
+            }
         })?;
         m.disk_bytes_per_op = Some(PAIR_BYTES as f64);
         Ok(m)
@@ -1226,9 +1316,21 @@ fn main() {
     }
     planned.push(idemlog_async_row("sync-64-async", &durable_sync, 64, &opts));
 
-    planned.push(disk_limit_row("disk-1", 1, &opts));
-    planned.push(disk_limit_row("disk-64", 64, &opts));
-    planned.push(disk_limit_row("disk-128", 128, &opts));
+    planned.push(disk_limit_row("disk-1", 1, DiskLayout::Written, &opts));
+    planned.push(disk_limit_row("disk-64", 64, DiskLayout::Written, &opts));
+    planned.push(disk_limit_row("disk-128", 128, DiskLayout::Written, &opts));
+    planned.push(disk_limit_row(
+        "disk-64-unwritten",
+        64,
+        DiskLayout::Unwritten,
+        &opts,
+    ));
+    planned.push(disk_limit_row(
+        "disk-64-zeroing",
+        64,
+        DiskLayout::ZeroedAhead,
+        &opts,
+    ));
 
     planned.push(sled_row("sled-1", false, 1, &opts));
     planned.push(sled_row("sled-2", false, 2, &opts));
@@ -1290,6 +1392,7 @@ fn main() {
     println!("Notes:");
     println!("  * One request = reserve (insert-if-absent of an in-flight record) + complete (300-byte response), fresh 32-byte random key; ops/s for those rows are pairs/s.");
     println!("  * Latency columns: whole request (p50/p99) and its reserve step alone (rsv); for the batched disk rows one call is one batch (one write + one fdatasync).");
+    println!("  * Disk rows: \"fdatasync per N records\" overwrite a zero-filled, synced file (data-only syncs); \"fallocated\" appends into preallocated, never-written blocks; \"zeroing\" does the same while a second thread writes zeros ahead the way idemlog's Sync prefill does in its head segment.");
     println!("  * first write to a fresh 4 KiB page: what each page of new memory costs this machine (page fault + zeroing; under a hypervisor possibly a host fault too). Rows that keep every record in memory grow by ~640 B per pair (in-memory) and the page cache by ~600 B per pair (durable): their throughput and p99 include this cost.");
     println!(
         "  * Disk limit: one writer overwriting a preallocated, zero-filled {} MiB file from offset 0; reserve record {RESERVE_RECORD_BYTES} B + complete record {COMPLETE_RECORD_BYTES} B = {PAIR_BYTES} B per pair. \
