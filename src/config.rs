@@ -96,13 +96,14 @@ pub struct Config {
     /// Open a damaged directory by moving corrupt segments aside into
     /// `quarantine/` instead of failing (default `false`).
     pub repair: bool,
-    /// With `Durability::Sync`, a background thread writes zeros into the
-    /// head segment a few MiB ahead of the log and syncs them (default
+    /// With `Durability::Sync`, the log writes zeros into the head segment
+    /// ahead of its frames, 1–16 MiB at a time, just before a sync (default
     /// `true`). A preallocated but never-written region costs every
     /// `fdatasync` that first writes into it a file-system journal commit
-    /// (the extents change from unwritten to written); prefilled, a sync
-    /// flushes data only. It doubles the bytes written to disk; turn it off
-    /// where write volume matters more than sync latency.
+    /// (the extents change from unwritten to written); prefilled, one sync
+    /// per step pays that and the others flush data only. It doubles the
+    /// bytes written to disk; turn it off where write volume matters more
+    /// than sync latency.
     pub prefill_segments: bool,
 }
 

@@ -306,8 +306,7 @@ fn sync_buffered_and_none_durabilities() {
     let dir = tempfile::tempdir().unwrap();
     let fs = std::sync::Arc::new(CountingFs::default());
     {
-        // The prefill thread syncs the zeros it writes; this counts the
-        // log's own syncs.
+        // Counts the log's syncs, with nothing else in the file.
         let mut cfg = config(&clock, Durability::Sync);
         cfg.prefill_segments = false;
         let store = Store::open_with_fs(dir.path(), cfg, std::sync::Arc::new(SharedFs(fs.clone())))

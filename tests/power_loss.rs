@@ -261,9 +261,9 @@ fn power_loss_at_every_sync_recovers_every_acknowledged_operation() {
     assert!(tally.recovery_crash_states > 0);
 }
 
-/// With segments larger than a block, the prefill thread writes zeros
-/// ahead of the log and syncs them, concurrently with the workload; power
-/// loss at any sync (the prefill's included) loses nothing acknowledged.
+/// With segments larger than a block, the syncing thread writes zeros
+/// ahead of the log before its syncs; power loss at any sync loses nothing
+/// acknowledged.
 #[test]
 fn power_loss_with_prefilled_segments_recovers_every_acknowledged_operation() {
     let (rec, snaps) = record_with_segment(SnapshotAt::Syncs, 0xF111, 64 << 10);

@@ -22,7 +22,6 @@ use super::format;
 use super::fs::{FileSystem, LockGuard};
 use super::index::{self, table_hash, Entry, Shard};
 use super::lock::lock_dir;
-use super::prefill::spawn_prefill;
 use super::recovery::{self, hashes, Params};
 use super::writer::{spawn_writer, Log, LogSettings};
 use crate::clock::Timestamp;
@@ -53,7 +52,6 @@ pub(crate) struct LogEngine {
     pub(super) reclaim_horizon: Duration,
     stop_writer: Option<Sender<()>>,
     writer: Option<JoinHandle<()>>,
-    prefill: Option<JoinHandle<()>>,
     // Last: released after the final flush in `drop`.
     _lock: LockGuard,
 }
@@ -112,6 +110,7 @@ impl LogEngine {
                 segment_size,
                 disk_budget: config.disk_budget,
                 shards,
+                prefill: config.durability == Durability::Sync && config.prefill_segments,
             },
             opened.segments,
             opened.head,
@@ -120,17 +119,6 @@ impl LogEngine {
         );
         let log = Arc::new(log);
         let (stop_writer, stop) = crossbeam_channel::bounded::<()>(0);
-        let prefill = if config.durability == Durability::Sync && config.prefill_segments {
-            let thread = spawn_prefill(Arc::clone(&log), stop.clone()).map_err(|e| {
-                Error::io(
-                    format!("cannot start the prefill thread for {}", dir.display()),
-                    e,
-                )
-            })?;
-            Some(thread)
-        } else {
-            None
-        };
         let writer = spawn_writer(Arc::clone(&log), kicked, stop).map_err(|e| {
             Error::io(
                 format!("cannot start the writer thread for {}", dir.display()),
@@ -151,7 +139,6 @@ impl LogEngine {
             reclaim_horizon: super::reclaim::horizon(config.ttl),
             stop_writer: Some(stop_writer),
             writer: Some(writer),
-            prefill,
             _lock: lock,
         })
     }
@@ -358,12 +345,9 @@ impl Engine for LogEngine {
 
 impl Drop for LogEngine {
     fn drop(&mut self) {
-        // Closing the channel stops the writer and prefill threads.
+        // Closing the channel stops the writer thread.
         drop(self.stop_writer.take());
-        for thread in [self.writer.take(), self.prefill.take()]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(thread) = self.writer.take() {
             let _ = thread.join();
         }
         // Nothing to report a failure to: an unsynced tail is what a crash

@@ -7,7 +7,7 @@
 //! * [`fs`] — the file I/O trait (public, for fault injection);
 //! * [`segment`] — segment files;
 //! * [`writer`] — the write path and the group-commit thread;
-//! * [`prefill`] — zero-filling the head segment ahead of `Sync` writes;
+//! * [`prefill`] — zeros written ahead of the log before `Sync` syncs;
 //! * [`index`] — the compact in-memory index;
 //! * [`recovery`] — rebuilding the index on open;
 //! * [`reclaim`] — expiry and deleting / compacting old segments;

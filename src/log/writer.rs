@@ -34,6 +34,7 @@ use parking_lot::{Mutex, RwLock};
 use super::format::{self, HEADER_LEN};
 use super::fs::FileSystem;
 use super::index::SEGMENT_SPAN;
+use super::prefill::Prefill;
 use super::segment::{pos, pos_offset, Pos, Segment};
 use crate::config::Durability;
 use crate::error::{Error, Result};
@@ -77,6 +78,9 @@ struct Tail {
 struct Io {
     spare: Vec<u8>,
     unsynced_records: u64,
+    /// Zeros written ahead of the log (`Sync` with
+    /// `Config::prefill_segments`).
+    prefill: Option<Prefill>,
 }
 
 /// What one `fdatasync` must cover, as [`Log::prepare_sync`] found it.
@@ -151,6 +155,8 @@ pub(crate) struct LogSettings {
     pub(crate) segment_size: u64,
     pub(crate) disk_budget: Option<u64>,
     pub(crate) shards: usize,
+    /// Write zeros ahead of the log before syncs ([`Prefill`]).
+    pub(crate) prefill: bool,
 }
 
 impl Log {
@@ -188,6 +194,7 @@ impl Log {
             io: Mutex::new(Io {
                 spare: Vec::with_capacity(1 << 16),
                 unsynced_records: 0,
+                prefill: settings.prefill.then(Prefill::new),
             }),
             written: CachePadded::new(AtomicU64::new(start)),
             durable: CachePadded::new(AtomicU64::new(start)),
@@ -510,6 +517,11 @@ impl Log {
         }
         // Under `io`, so `target` is in this segment: a roll needs `io`.
         let head = Arc::clone(&self.tail.lock().head);
+        if let Some(prefill) = &mut io.prefill {
+            if let Err(e) = prefill.write_ahead(&head, pos_offset(target)) {
+                return Err(self.poison(format!("prefilling {} failed: {e}", head.path.display())));
+            }
+        }
         let records = std::mem::take(&mut io.unsynced_records);
         Ok(Some(PendingSync {
             target,
@@ -694,49 +706,6 @@ impl Log {
             self.append_mark(new_start);
         }
         Ok(())
-    }
-
-    /// Writes zeros into the head segment at the prefill thread's
-    /// `frontier`, up to `zeros.len()` bytes and no further than `ahead`
-    /// bytes past what has been written. Returns the segment written to and
-    /// the bytes written (`None` when the prefill is far enough ahead).
-    ///
-    /// Safe against the log's own writes: every write to a segment file
-    /// happens under `io`, at or after `written`, which only grows. Holding
-    /// `io`, this writes only at or after `written`, so no frame is there
-    /// yet, and any frame written there later lands on top of the zeros.
-    pub(crate) fn prefill_step(
-        &self,
-        frontier: &mut (u32, u64),
-        zeros: &[u8],
-        ahead: u64,
-    ) -> Result<Option<(Arc<Segment>, u64)>> {
-        let _io = self.io.lock();
-        self.check()?;
-        let head = Arc::clone(&self.tail.lock().head);
-        let written = self.written.load(Ordering::Acquire);
-        let written_off = if (written >> 32) as u32 == head.id {
-            u64::from(pos_offset(written))
-        } else {
-            u64::from(HEADER_LEN)
-        };
-        // Whole file-system blocks only: the block holding `written` is
-        // already partly data.
-        let first_free = written_off.next_multiple_of(4096);
-        if frontier.0 != head.id {
-            *frontier = (head.id, first_free);
-        }
-        let start = frontier.1.max(first_free);
-        let limit = head.size.min(first_free.saturating_add(ahead));
-        if start >= limit {
-            return Ok(None);
-        }
-        let len = (limit - start).min(zeros.len() as u64);
-        if let Err(e) = head.file.write_all_at(&zeros[..len as usize], start) {
-            return Err(self.poison(format!("prefilling {} failed: {e}", head.path.display())));
-        }
-        frontier.1 = start + len;
-        Ok(Some((head, len)))
     }
 
     /// The payload of the frame at `loc`, read back from the file (written

@@ -43,7 +43,7 @@ pub fn config(clock: &ManualClock) -> Config {
 }
 
 /// [`config`] with segments of `segment` bytes. Segments above one block
-/// leave the prefill thread room to write zeros ahead of the log.
+/// leave the prefill room to write zeros ahead of the log.
 pub fn config_with_segment(clock: &ManualClock, segment: u64) -> Config {
     Config::builder()
         .clock(clock.clone())
