@@ -1401,7 +1401,7 @@ fn main() {
     );
     println!("  * sled's flush() uses sync_file_range (plus fsync of its own metadata only when needed), which is weaker than fdatasync: it does not flush the disk's write cache or file metadata.");
     println!("  * idemlog durable rows: disk B/op includes the preallocated 64 MiB segment, so rows with few operations (Sync 1) show large figures; footprint.rs measures bytes per record.");
-    println!("  * Sync, async tasks: 64 tokio tasks on a runtime with one worker per core, requests through the Backend trait (as the HTTP layer makes them); a task's fdatasync wait is a future, so no OS thread per caller. Its CPU µs/op is the whole process's (workers, writer and prefill threads).");
+    println!("  * Sync, async tasks: 64 tokio tasks on a runtime with one worker per core, requests through the Backend trait (as the HTTP layer makes them); a task's fdatasync wait is a future, so no OS thread per caller. Its CPU µs/op is the whole process's (workers and the writer thread).");
     println!("  * Redis: {REDIS_CONNECTIONS} client threads, one connection each, one request at a time per connection (no pipelining); SET key v NX PX {LEASE_TTL_MS} then SET key v XX. Client and server share the machine's cores.");
     println!("  * CPU µs/op = CPU time (user + system) of the bench threads per operation: what an operation costs whatever else the machine runs (Redis rows: the client side only).");
     println!("  * RAM B/op = growth of the resident set of the process holding the data (Redis: the server) per request; allocator reuse makes it approximate — benches/footprint.rs measures it carefully.");
