@@ -146,22 +146,26 @@ pub(crate) fn encode_put(out: &mut Vec<u8>, r: &Record) {
         } => (1, *completed_at, response),
     };
     let checkpoint: &[u8] = r.checkpoint.as_deref().unwrap_or(&[]);
-    out.push(KIND_PUT);
-    out.push(state);
-    out.push(r.fingerprint.algorithm().id());
-    out.push(u8::from(r.checkpoint.is_some()));
-    out.extend_from_slice(&r.attempts.to_le_bytes());
-    out.extend_from_slice(&r.token.to_le_bytes());
-    out.extend_from_slice(&r.created_at.as_millis().to_le_bytes());
-    out.extend_from_slice(&r.expires_at.as_millis().to_le_bytes());
-    out.extend_from_slice(&state_time.as_millis().to_le_bytes());
     let scope = r.key.scope();
     let key = r.key.key_bytes();
-    out.extend_from_slice(&(scope.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(checkpoint.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(response.len() as u32).to_le_bytes());
-    out.extend_from_slice(r.fingerprint.digest());
+    // The fixed fields are assembled on the stack and appended at once:
+    // appending them one by one cost a length check and a store each.
+    let mut fixed = [0u8; PUT_FIXED];
+    fixed[0] = KIND_PUT;
+    fixed[1] = state;
+    fixed[2] = r.fingerprint.algorithm().id();
+    fixed[3] = u8::from(r.checkpoint.is_some());
+    fixed[4..8].copy_from_slice(&r.attempts.to_le_bytes());
+    fixed[8..16].copy_from_slice(&r.token.to_le_bytes());
+    fixed[16..24].copy_from_slice(&r.created_at.as_millis().to_le_bytes());
+    fixed[24..32].copy_from_slice(&r.expires_at.as_millis().to_le_bytes());
+    fixed[32..40].copy_from_slice(&state_time.as_millis().to_le_bytes());
+    fixed[40..44].copy_from_slice(&(scope.len() as u32).to_le_bytes());
+    fixed[44..48].copy_from_slice(&(key.len() as u32).to_le_bytes());
+    fixed[48..52].copy_from_slice(&(checkpoint.len() as u32).to_le_bytes());
+    fixed[52..56].copy_from_slice(&(response.len() as u32).to_le_bytes());
+    fixed[56..88].copy_from_slice(r.fingerprint.digest());
+    out.extend_from_slice(&fixed);
     out.extend_from_slice(scope);
     out.extend_from_slice(key);
     out.extend_from_slice(checkpoint);
