@@ -511,12 +511,20 @@ impl Shared {
         self.hasher.hash(key)
     }
 
+    // Inlined, with the failure out of line, as `Log::check`: it runs on
+    // every operation.
+    #[inline]
     fn check_poison(&self) -> Result<()> {
         if !self.poisoned.load(Ordering::Acquire) {
             return Ok(());
         }
+        Err(self.poisoned_error())
+    }
+
+    #[cold]
+    fn poisoned_error(&self) -> Error {
         let cause = self.poison_cause.lock().clone().unwrap_or_default();
-        Err(Error::Poisoned { cause })
+        Error::Poisoned { cause }
     }
 
     pub(crate) fn poison(&self, cause: String) {
