@@ -33,10 +33,43 @@ const MARK_LEN: usize = 24;
 /// A CRC-32C, rotated and offset so that runs of zeros (preallocated,
 /// never-written space) never checksum as valid.
 pub(crate) fn checksum(bytes: &[u8]) -> u32 {
-    crc32c::crc32c(bytes)
-        .rotate_right(15)
-        .wrapping_add(0xa282_ead8)
+    masked(crc32c::crc32c(bytes))
 }
+
+fn masked(crc: u32) -> u32 {
+    crc.rotate_right(15).wrapping_add(0xa282_ead8)
+}
+
+/// [`checksum`] of a frame's 4-byte length field, twice per operation
+/// (written, and read back by recovery). A table lookup per byte: the
+/// crc32c crate's setup for its wide loops cost more than the 4 bytes.
+fn length_checksum(len: [u8; 4]) -> u32 {
+    let crc = len.iter().fold(!0u32, |crc, &b| {
+        CRC32C_BYTE_TABLE[usize::from(crc as u8 ^ b)] ^ (crc >> 8)
+    });
+    masked(!crc)
+}
+
+/// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78) of each byte value.
+const CRC32C_BYTE_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = i as u32;
+        let mut bit = 0;
+        while bit < 8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+            bit += 1;
+        }
+        table[i] = crc;
+        i += 1;
+    }
+    table
+};
 
 /// The segment header: magic, version, segment id, checksum.
 pub(crate) fn encode_header(segment: u32, size: u64) -> [u8; HEADER_LEN as usize] {
@@ -115,7 +148,7 @@ fn begin_frame(out: &mut Vec<u8>) -> usize {
 fn end_frame(out: &mut Vec<u8>, start: usize) {
     let len = (out.len() - start - 8) as u32;
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    let lc = checksum(&len.to_le_bytes());
+    let lc = length_checksum(len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&lc.to_le_bytes());
     let pc = checksum(&out[start + 8..]);
     out.extend_from_slice(&pc.to_le_bytes());
@@ -146,22 +179,26 @@ pub(crate) fn encode_put(out: &mut Vec<u8>, r: &Record) {
         } => (1, *completed_at, response),
     };
     let checkpoint: &[u8] = r.checkpoint.as_deref().unwrap_or(&[]);
-    out.push(KIND_PUT);
-    out.push(state);
-    out.push(r.fingerprint.algorithm().id());
-    out.push(u8::from(r.checkpoint.is_some()));
-    out.extend_from_slice(&r.attempts.to_le_bytes());
-    out.extend_from_slice(&r.token.to_le_bytes());
-    out.extend_from_slice(&r.created_at.as_millis().to_le_bytes());
-    out.extend_from_slice(&r.expires_at.as_millis().to_le_bytes());
-    out.extend_from_slice(&state_time.as_millis().to_le_bytes());
     let scope = r.key.scope();
     let key = r.key.key_bytes();
-    out.extend_from_slice(&(scope.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(checkpoint.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(response.len() as u32).to_le_bytes());
-    out.extend_from_slice(r.fingerprint.digest());
+    // The fixed fields are assembled on the stack and appended at once:
+    // appending them one by one cost a length check and a store each.
+    let mut fixed = [0u8; PUT_FIXED];
+    fixed[0] = KIND_PUT;
+    fixed[1] = state;
+    fixed[2] = r.fingerprint.algorithm().id();
+    fixed[3] = u8::from(r.checkpoint.is_some());
+    fixed[4..8].copy_from_slice(&r.attempts.to_le_bytes());
+    fixed[8..16].copy_from_slice(&r.token.to_le_bytes());
+    fixed[16..24].copy_from_slice(&r.created_at.as_millis().to_le_bytes());
+    fixed[24..32].copy_from_slice(&r.expires_at.as_millis().to_le_bytes());
+    fixed[32..40].copy_from_slice(&state_time.as_millis().to_le_bytes());
+    fixed[40..44].copy_from_slice(&(scope.len() as u32).to_le_bytes());
+    fixed[44..48].copy_from_slice(&(key.len() as u32).to_le_bytes());
+    fixed[48..52].copy_from_slice(&(checkpoint.len() as u32).to_le_bytes());
+    fixed[52..56].copy_from_slice(&(response.len() as u32).to_le_bytes());
+    fixed[56..88].copy_from_slice(r.fingerprint.digest());
+    out.extend_from_slice(&fixed);
     out.extend_from_slice(scope);
     out.extend_from_slice(key);
     out.extend_from_slice(checkpoint);
@@ -207,7 +244,7 @@ pub(crate) fn frame_header(bytes: &[u8]) -> FrameHeader {
         return FrameHeader::Zero;
     }
     let len = u32_at(bytes, 0);
-    if checksum(&bytes[0..4]) != u32_at(bytes, 4) || len as usize > MAX_PAYLOAD {
+    if length_checksum(len.to_le_bytes()) != u32_at(bytes, 4) || len as usize > MAX_PAYLOAD {
         return FrameHeader::Bad;
     }
     FrameHeader::Len(len as usize)
@@ -447,6 +484,23 @@ mod tests {
             ),
             "got {s:?}"
         );
+    }
+
+    #[test]
+    fn length_checksum_is_the_checksum_of_the_four_bytes() {
+        let mut x = 0x1234_5678u32;
+        for len in [0u32, 1, 255, 256, 65_535, 1 << 24, u32::MAX] {
+            assert_eq!(
+                length_checksum(len.to_le_bytes()),
+                checksum(&len.to_le_bytes())
+            );
+        }
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            assert_eq!(length_checksum(x.to_le_bytes()), checksum(&x.to_le_bytes()));
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Striped counters and fencing-token sequences, so that operations on
-//! different identities do not fight over one cache line.
+//! different threads and identities do not fight over one cache line.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
 
@@ -21,19 +22,37 @@ pub(crate) enum Event {
 
 const EVENTS: usize = 8;
 
-#[derive(Default)]
-struct Stripe {
-    events: [AtomicU64; EVENTS],
-    /// Tokens of this stripe are `stripe_index + k * STRIPES` for rising k.
-    next_token_step: AtomicU64,
+/// Stripes of event counts and of token sequences.
+pub(crate) const STRIPES: usize = 32;
+
+static NEXT_THREAD_STRIPE: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's stripe, handed out round-robin on first use.
+    static THREAD_STRIPE: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
-const STRIPES: usize = 32;
+/// The calling thread's stripe, below [`STRIPES`]: state that only needs
+/// summing (event counts, reference counts) is kept per stripe, so that two
+/// threads do not pull one cache line back and forth on every operation.
+pub(crate) fn thread_stripe() -> usize {
+    THREAD_STRIPE.with(|stripe| match stripe.get() {
+        Some(i) => i,
+        None => {
+            let i = NEXT_THREAD_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES;
+            stripe.set(Some(i));
+            i
+        }
+    })
+}
 
-/// Per-stripe counters; an identity always uses the same stripe, which is
-/// what keeps its fencing tokens strictly increasing.
+/// Event counts (summed over stripes, so kept per thread) and token
+/// sequences (kept per identity stripe: an identity always uses the same
+/// one, which is what keeps its fencing tokens strictly increasing).
 pub(crate) struct Counters {
-    stripes: Box<[CachePadded<Stripe>]>,
+    events: Box<[CachePadded<[AtomicU64; EVENTS]>]>,
+    /// Tokens of stripe `i` are `i + k * STRIPES` for rising k.
+    next_token_steps: Box<[CachePadded<AtomicU64>]>,
 }
 
 impl Counters {
@@ -41,23 +60,16 @@ impl Counters {
     pub(crate) fn new(max_token: u64) -> Self {
         let first_step = max_token / STRIPES as u64 + 1;
         Counters {
-            stripes: (0..STRIPES)
-                .map(|_| {
-                    let s = Stripe::default();
-                    s.next_token_step.store(first_step, Ordering::Relaxed);
-                    CachePadded::new(s)
-                })
+            events: (0..STRIPES).map(|_| CachePadded::default()).collect(),
+            next_token_steps: (0..STRIPES)
+                .map(|_| CachePadded::new(AtomicU64::new(first_step)))
                 .collect(),
         }
     }
 
-    fn stripe(&self, selector: u32) -> (usize, &Stripe) {
-        let i = selector as usize % STRIPES;
-        (i, &self.stripes[i])
-    }
-
-    pub(crate) fn add(&self, selector: u32, event: Event, n: u64) {
-        self.stripe(selector).1.events[event as usize].fetch_add(n, Ordering::Relaxed);
+    /// Counts `n` events on the calling thread's stripe.
+    pub(crate) fn add(&self, event: Event, n: u64) {
+        self.events[thread_stripe()][event as usize].fetch_add(n, Ordering::Relaxed);
     }
 
     /// A fencing token greater than every token handed out before for any
@@ -65,15 +77,15 @@ impl Counters {
     /// overflowing: 2^64 tokens are never handed out, so only a data file
     /// claiming a token near the maximum gets there (found by fuzzing).
     pub(crate) fn next_token(&self, selector: u32) -> u64 {
-        let (i, s) = self.stripe(selector);
-        let step = s.next_token_step.fetch_add(1, Ordering::Relaxed);
+        let i = selector as usize % STRIPES;
+        let step = self.next_token_steps[i].fetch_add(1, Ordering::Relaxed);
         step.saturating_mul(STRIPES as u64).saturating_add(i as u64)
     }
 
     pub(crate) fn total(&self, event: Event) -> u64 {
-        self.stripes
+        self.events
             .iter()
-            .map(|s| s.events[event as usize].load(Ordering::Relaxed))
+            .map(|s| s[event as usize].load(Ordering::Relaxed))
             .sum()
     }
 }
@@ -102,8 +114,11 @@ mod tests {
     #[test]
     fn totals_sum_all_stripes() {
         let c = Counters::new(0);
-        c.add(1, Event::Replayed, 2);
-        c.add(2, Event::Replayed, 3);
+        c.add(Event::Replayed, 2);
+        // Another thread counts on another stripe.
+        std::thread::scope(|s| {
+            s.spawn(|| c.add(Event::Replayed, 3));
+        });
         assert_eq!(c.total(Event::Replayed), 5);
         assert_eq!(c.total(Event::Conflict), 0);
     }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
 use crate::clock::Timestamp;
@@ -26,7 +27,7 @@ use crate::identity::{IdempotencyKey, IdentityHash, IdentityHasher};
 use crate::log::fs::{FileSystem, OsFileSystem};
 use crate::log::LogEngine;
 use crate::record::{Record, RecordState};
-use counters::{Counters, Event};
+use counters::{thread_stripe, Counters, Event};
 pub use engine::MaintenanceReport;
 use engine::{Change, Engine, Identity, Wait};
 use maintenance::MaintenanceThread;
@@ -61,7 +62,16 @@ pub struct Store {
     // Declared first so the thread is joined before the last `Shared` goes.
     _maintenance: Arc<MaintenanceThread>,
     shared: Arc<Shared>,
+    /// What reservations hold, one per thread stripe (see [`SharedHandle`]).
+    handles: Arc<[SharedHandle]>,
 }
+
+/// The shared state as a [`Reservation`] holds it. Each reservation keeps
+/// the store alive, but a clone of the one `Arc<Shared>` per reservation
+/// bumped (and dropped) the same reference count from every thread on every
+/// request, pulling its cache line from core to core. A thread clones its
+/// stripe's handle instead, whose count sits on a line of its own.
+type SharedHandle = Arc<CachePadded<Arc<Shared>>>;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -325,9 +335,13 @@ impl Store {
             config,
         });
         let maintenance = MaintenanceThread::start(&shared);
+        let handles = (0..counters::STRIPES)
+            .map(|_| Arc::new(CachePadded::new(Arc::clone(&shared))))
+            .collect();
         Store {
             _maintenance: Arc::new(maintenance),
             shared,
+            handles,
         }
     }
 
@@ -356,7 +370,7 @@ impl Store {
         let shared = &self.shared;
         let (outcome, hash) = shared.settle(shared.reserve(key, fingerprint, options))?;
         Ok(outcome.map(|lease| Reservation {
-            shared: Arc::clone(&self.shared),
+            shared: Arc::clone(&self.handles[thread_stripe()]),
             lease,
             hash,
             done: false,
@@ -497,12 +511,20 @@ impl Shared {
         self.hasher.hash(key)
     }
 
+    // Inlined, with the failure out of line, as `Log::check`: it runs on
+    // every operation.
+    #[inline]
     fn check_poison(&self) -> Result<()> {
         if !self.poisoned.load(Ordering::Acquire) {
             return Ok(());
         }
+        Err(self.poisoned_error())
+    }
+
+    #[cold]
+    fn poisoned_error(&self) -> Error {
         let cause = self.poison_cause.lock().clone().unwrap_or_default();
-        Err(Error::Poisoned { cause })
+        Error::Poisoned { cause }
     }
 
     pub(crate) fn poison(&self, cause: String) {
@@ -618,19 +640,18 @@ impl Shared {
         let Some((outcome, takeover)) = outcome else {
             unreachable!("every engine calls the decision at least once")
         };
-        let selector = id.hash.shard;
         let event = match &outcome {
             Outcome::Acquired(_) => Event::Acquired,
             Outcome::Replay(_) => Event::Replayed,
             Outcome::InProgress { .. } => Event::InProgress,
             Outcome::Conflict { .. } => Event::Conflict,
         };
-        self.counters.add(selector, event, 1);
+        self.counters.add(event, 1);
         if takeover {
-            self.counters.add(selector, Event::Takeover, 1);
+            self.counters.add(Event::Takeover, 1);
         }
         if replaced_expired {
-            self.counters.add(selector, Event::Expired, 1);
+            self.counters.add(Event::Expired, 1);
         }
         Ok((outcome, id.hash))
     }
@@ -718,7 +739,7 @@ impl Shared {
             return (Err(broken), wait);
         }
         if answer.is_ok() {
-            self.counters.add(hash.shard, Event::Completed, 1);
+            self.counters.add(Event::Completed, 1);
         }
         (answer, wait)
     }
@@ -726,7 +747,7 @@ impl Shared {
     fn release(&self, lease: &Lease, hash: IdentityHash) -> (Result<()>, Wait) {
         let (answer, wait) = self.with_held(lease, hash, |_, _| Change::Remove);
         if answer.is_ok() {
-            self.counters.add(hash.shard, Event::Released, 1);
+            self.counters.add(Event::Released, 1);
         }
         (answer, wait)
     }
@@ -779,7 +800,7 @@ impl Shared {
 
     pub(crate) fn run_maintenance(&self) -> Result<MaintenanceReport> {
         let report = self.engine.maintain(self.config.clock.now())?;
-        self.counters.add(0, Event::Expired, report.expired);
+        self.counters.add(Event::Expired, report.expired);
         Ok(report)
     }
 
@@ -816,7 +837,7 @@ impl Shared {
 #[derive(Debug)]
 #[must_use = "dropping a reservation releases it at once"]
 pub struct Reservation {
-    shared: Arc<Shared>,
+    shared: SharedHandle,
     lease: Lease,
     /// The identity hash `reserve` computed, so completing does not hash
     /// the key again.
