@@ -204,6 +204,43 @@ fn a_failed_fdatasync_fails_every_waiting_task() {
             other => panic!("expected Poisoned, got {other:?}"),
         }
     }
+    // None of them was acknowledged, so none is counted.
+    assert_eq!(store.stats().acquired, 0);
+}
+
+#[test]
+fn operations_whose_fdatasync_fails_are_not_counted() {
+    // Blocking and async callers alike: an answer counts in the stats only
+    // once its wait is settled.
+    for use_async in [false, true] {
+        let f = fixture();
+        let (store, fingerprint) = (&f.store, f.fingerprint);
+        let key = store.key("t", "k").unwrap();
+        let lease = match store.reserve(&key, &fingerprint).unwrap() {
+            Outcome::Acquired(r) => r.into_lease(),
+            other => panic!("expected Acquired, got {other:?}"),
+        };
+        f.fs.fail_syncs.store(true, Ordering::SeqCst);
+        let completed = if use_async {
+            f.runtime.block_on(Backend::complete(
+                store,
+                &lease,
+                Bytes::from_static(b"done"),
+            ))
+        } else {
+            store.complete_lease(&lease, Bytes::from_static(b"done"))
+        };
+        assert!(
+            matches!(completed, Err(idemlog::Error::Poisoned { .. })),
+            "async {use_async}: {completed:?}"
+        );
+        let stats = store.stats();
+        assert_eq!(
+            (stats.acquired, stats.completed),
+            (1, 0),
+            "async {use_async}: {stats:?}"
+        );
+    }
 }
 
 #[test]

@@ -81,6 +81,46 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// What an operation decided: its answer, what must be durable before the
+/// answer may be acted on, and the events to count once it is. A
+/// completion whose sync fails was never acknowledged, so it is not
+/// counted.
+struct Decided<T> {
+    answer: Result<T>,
+    wait: Wait,
+    events: Tally,
+}
+
+impl<T> From<(Result<T>, Wait)> for Decided<T> {
+    /// A decision that counts nothing.
+    fn from((answer, wait): (Result<T>, Wait)) -> Self {
+        Decided {
+            answer,
+            wait,
+            events: Tally::default(),
+        }
+    }
+}
+
+/// The events one operation counts: at most three (a reservation's
+/// outcome, a takeover, an expired record it replaced).
+#[derive(Default)]
+struct Tally([Option<Event>; 3]);
+
+impl Tally {
+    fn of(event: Event) -> Tally {
+        Tally([Some(event), None, None])
+    }
+
+    fn add(&mut self, event: Event) {
+        let free = self.0.iter_mut().find(|e| e.is_none());
+        debug_assert!(free.is_some(), "more than three events for one operation");
+        if let Some(slot) = free {
+            *slot = Some(event);
+        }
+    }
+}
+
 /// State shared by a store's clones, its reservations and its background
 /// thread.
 pub(crate) struct Shared {
@@ -532,17 +572,39 @@ impl Shared {
         self.poisoned.store(true, Ordering::Release);
     }
 
-    /// Blocks until `wait` is settled, then hands back `answer`.
-    fn settle<T>(&self, (answer, wait): (Result<T>, Wait)) -> Result<T> {
+    /// Blocks until the decision's wait is settled, counts its events, then
+    /// hands back its answer.
+    fn settle<T>(&self, decided: impl Into<Decided<T>>) -> Result<T> {
+        let Decided {
+            answer,
+            wait,
+            events,
+        } = decided.into();
         self.engine.wait(wait)?;
+        self.count(&events, &answer);
         answer
     }
 
     /// [`settle`](Self::settle) for async callers: engines that can (the
     /// durable log's `Sync` wait) settle without blocking a thread.
-    async fn settle_async<T>(&self, (answer, wait): (Result<T>, Wait)) -> Result<T> {
+    async fn settle_async<T>(&self, decided: impl Into<Decided<T>>) -> Result<T> {
+        let Decided {
+            answer,
+            wait,
+            events,
+        } = decided.into();
         self.engine.wait_async(wait).await?;
+        self.count(&events, &answer);
         answer
+    }
+
+    /// Counts what an answer that stands did.
+    fn count<T>(&self, events: &Tally, answer: &Result<T>) {
+        if answer.is_ok() {
+            for &event in events.0.iter().flatten() {
+                self.counters.add(event, 1);
+            }
+        }
     }
 
     /// Decides a reservation. The answer may be acted on only after its
@@ -552,10 +614,15 @@ impl Shared {
         key: &IdempotencyKey,
         fingerprint: &Fingerprint,
         options: ReserveOptions,
-    ) -> (Result<(Outcome<Lease>, IdentityHash)>, Wait) {
+    ) -> Decided<(Outcome<Lease>, IdentityHash)> {
         let mut wait = Wait::Ready;
-        let answer = self.reserve_inner(key, fingerprint, options, &mut wait);
-        (answer, wait)
+        let mut events = Tally::default();
+        let answer = self.reserve_inner(key, fingerprint, options, &mut wait, &mut events);
+        Decided {
+            answer,
+            wait,
+            events,
+        }
     }
 
     fn reserve_inner(
@@ -564,6 +631,7 @@ impl Shared {
         fingerprint: &Fingerprint,
         options: ReserveOptions,
         wait: &mut Wait,
+        events: &mut Tally,
     ) -> Result<(Outcome<Lease>, IdentityHash)> {
         key.check(&self.config.limits)?;
         self.check_poison()?;
@@ -646,12 +714,12 @@ impl Shared {
             Outcome::InProgress { .. } => Event::InProgress,
             Outcome::Conflict { .. } => Event::Conflict,
         };
-        self.counters.add(event, 1);
+        events.add(event);
         if takeover {
-            self.counters.add(Event::Takeover, 1);
+            events.add(Event::Takeover);
         }
         if replaced_expired {
-            self.counters.add(Event::Expired, 1);
+            events.add(Event::Expired);
         }
         Ok((outcome, id.hash))
     }
@@ -700,14 +768,14 @@ impl Shared {
         hash: IdentityHash,
         response: Bytes,
         ttl: Duration,
-    ) -> (Result<()>, Wait) {
+    ) -> Decided<()> {
         let limit = self.config.limits.max_response_len;
         if response.len() > limit {
             let too_large = Error::ResponseTooLarge {
                 len: response.len(),
                 limit,
             };
-            return (Err(too_large), Wait::Ready);
+            return (Err(too_large), Wait::Ready).into();
         }
         // Moved into the record when the engine decides once: cloning a
         // `Bytes` made from a `Vec` allocates.
@@ -736,20 +804,22 @@ impl Shared {
                 message: "the storage engine asked for the completion twice; nothing was stored, retry the request".into(),
                 source: None,
             };
-            return (Err(broken), wait);
+            return (Err(broken), wait).into();
         }
-        if answer.is_ok() {
-            self.counters.add(Event::Completed, 1);
+        Decided {
+            answer,
+            wait,
+            events: Tally::of(Event::Completed),
         }
-        (answer, wait)
     }
 
-    fn release(&self, lease: &Lease, hash: IdentityHash) -> (Result<()>, Wait) {
+    fn release(&self, lease: &Lease, hash: IdentityHash) -> Decided<()> {
         let (answer, wait) = self.with_held(lease, hash, |_, _| Change::Remove);
-        if answer.is_ok() {
-            self.counters.add(Event::Released, 1);
+        Decided {
+            answer,
+            wait,
+            events: Tally::of(Event::Released),
         }
-        (answer, wait)
     }
 
     /// Extends the lease; the answer is the lease's new end.
