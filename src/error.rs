@@ -192,3 +192,42 @@ impl Error {
         )
     }
 }
+
+/// A sticky failure (SPEC §4): once set, every check fails with the first
+/// cause recorded. The store and the durable log each keep one.
+#[derive(Debug, Default)]
+pub(crate) struct Poison {
+    set: std::sync::atomic::AtomicBool,
+    cause: parking_lot::Mutex<Option<String>>,
+}
+
+impl Poison {
+    pub(crate) fn is_set(&self) -> bool {
+        self.set.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Fails with `Poisoned` once set. Inlined, with the failure out of
+    /// line: it runs several times per operation, where a call cost more
+    /// than the flag's load.
+    #[inline]
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.is_set() {
+            return Err(self.error());
+        }
+        Ok(())
+    }
+
+    #[cold]
+    fn error(&self) -> Error {
+        let cause = self.cause.lock().clone().unwrap_or_default();
+        Error::Poisoned { cause }
+    }
+
+    /// Sets the poison, keeping the first cause if one was recorded, and
+    /// returns the error callers see from now on.
+    pub(crate) fn set(&self, cause: String) -> Error {
+        let cause = self.cause.lock().get_or_insert(cause).clone();
+        self.set.store(true, std::sync::atomic::Ordering::Release);
+        Error::Poisoned { cause }
+    }
+}

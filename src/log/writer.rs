@@ -37,7 +37,7 @@ use super::index::SEGMENT_SPAN;
 use super::prefill::Prefill;
 use super::segment::{pos, pos_offset, Pos, Segment};
 use crate::config::Durability;
-use crate::error::{Error, Result};
+use crate::error::{Error, Poison, Result};
 
 /// In `None` mode, the buffer is written once it holds this much...
 const WRITE_AT: usize = 1 << 20;
@@ -120,8 +120,7 @@ pub(crate) struct Log {
     gathering: AtomicBool,
     /// The writer thread, unparked when the tasks it gathers are back.
     writer_thread: OnceLock<Thread>,
-    poisoned: AtomicBool,
-    poison_cause: Mutex<Option<String>>,
+    poison: Poison,
     pub(crate) segments: RwLock<BTreeMap<u32, Arc<Segment>>>,
     bytes_on_disk: AtomicU64,
     /// Largest fencing token written, per index shard (stored under the
@@ -203,8 +202,7 @@ impl Log {
             gather_target: AtomicUsize::new(0),
             gathering: AtomicBool::new(false),
             writer_thread: OnceLock::new(),
-            poisoned: AtomicBool::new(false),
-            poison_cause: Mutex::new(None),
+            poison: Poison::default(),
             segments: RwLock::new(segments),
             bytes_on_disk: AtomicU64::new(bytes_on_disk),
             max_tokens,
@@ -221,29 +219,17 @@ impl Log {
     }
 
     /// Fails with `Poisoned` once a write or sync failed.
-    // Inlined, with the failure out of line: called three times per
-    // operation, where the call itself cost more than the flag's load.
     #[inline]
     pub(crate) fn check(&self) -> Result<()> {
-        if self.is_poisoned() {
-            return Err(self.poisoned_error());
-        }
-        Ok(())
-    }
-
-    #[cold]
-    fn poisoned_error(&self) -> Error {
-        let cause = self.poison_cause.lock().clone().unwrap_or_default();
-        Error::Poisoned { cause }
+        self.poison.check()
     }
 
     /// Records the first failure, wakes every waiter (they will see the
     /// poison) and returns the error for the caller that hit it.
     fn poison(&self, cause: String) -> Error {
-        let cause = self.poison_cause.lock().get_or_insert(cause).clone();
-        self.poisoned.store(true, Ordering::Release);
+        let error = self.poison.set(cause);
         self.wake_waiters(Pos::MAX);
-        Error::Poisoned { cause }
+        error
     }
 
     /// Notes a fencing token written under index shard `shard`.
@@ -443,7 +429,7 @@ impl Log {
     }
 
     fn is_poisoned(&self) -> bool {
-        self.poisoned.load(Ordering::Acquire)
+        self.poison.is_set()
     }
 
     /// Counts a task that just joined `waiters`; wakes the gathering writer

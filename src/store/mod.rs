@@ -10,18 +10,16 @@ mod maintenance;
 pub(crate) mod memory;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam_utils::CachePadded;
-use parking_lot::Mutex;
 
 use crate::clock::Timestamp;
 use crate::config::Config;
 use crate::decision::{self, Decision};
-use crate::error::{Error, Result};
+use crate::error::{Error, Poison, Result};
 use crate::fingerprint::Fingerprint;
 use crate::identity::{IdempotencyKey, IdentityHash, IdentityHasher};
 use crate::log::fs::{FileSystem, OsFileSystem};
@@ -130,8 +128,7 @@ pub(crate) struct Shared {
     hasher: IdentityHasher,
     counters: Counters,
     /// Set once, never cleared: checked on every write without a lock.
-    poisoned: AtomicBool,
-    poison_cause: Mutex<Option<String>>,
+    poison: Poison,
 }
 
 /// Per-call settings for [`Store::reserve_with`].
@@ -370,8 +367,7 @@ impl Store {
             engine,
             engine_name,
             hasher,
-            poisoned: AtomicBool::new(false),
-            poison_cause: Mutex::new(None),
+            poison: Poison::default(),
             config,
         });
         let maintenance = MaintenanceThread::start(&shared);
@@ -551,25 +547,13 @@ impl Shared {
         self.hasher.hash(key)
     }
 
-    // Inlined, with the failure out of line, as `Log::check`: it runs on
-    // every operation.
     #[inline]
     fn check_poison(&self) -> Result<()> {
-        if !self.poisoned.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        Err(self.poisoned_error())
-    }
-
-    #[cold]
-    fn poisoned_error(&self) -> Error {
-        let cause = self.poison_cause.lock().clone().unwrap_or_default();
-        Error::Poisoned { cause }
+        self.poison.check()
     }
 
     pub(crate) fn poison(&self, cause: String) {
-        self.poison_cause.lock().get_or_insert(cause);
-        self.poisoned.store(true, Ordering::Release);
+        self.poison.set(cause);
     }
 
     /// Blocks until the decision's wait is settled, counts its events, then
