@@ -733,8 +733,9 @@ enum DiskLayout {
     /// extents): each fdatasync must also record blocks as written.
     Unwritten,
     /// Preallocated, with a second thread writing zeros ahead of the
-    /// appender the way idemlog's prefill does in a `Sync` head segment
-    /// (src/log/prefill.rs): 128 KiB at a time, up to 8 MiB ahead, synced
+    /// appender the way idemlog's `Sync` prefill thread did until
+    /// 2026-11-30 (it now writes them in steps before a sync, see
+    /// src/log/prefill.rs): 128 KiB at a time, up to 8 MiB ahead, synced
     /// every MiB and whenever it catches up.
     ZeroedAhead,
 }
@@ -771,7 +772,8 @@ fn fallocate_works() -> std::io::Result<()> {
     Ok(())
 }
 
-/// The prefill's pattern, against the appender whose end is `written`.
+/// The former prefill thread's pattern, against the appender whose end is
+/// `written`.
 fn zero_ahead(file: &File, written: &AtomicU64, stop: &AtomicBool) -> Result<(), String> {
     const CHUNK: usize = 128 << 10;
     const AHEAD: u64 = 8 << 20;
@@ -1407,11 +1409,11 @@ fn main() {
     println!("Notes:");
     println!("  * One request = reserve (insert-if-absent of an in-flight record) + complete (300-byte response), fresh 32-byte random key; ops/s for those rows are pairs/s.");
     println!("  * Latency columns: whole request (p50/p99) and its reserve step alone (rsv); for the batched disk rows one call is one batch (one write + one fdatasync).");
-    println!("  * Disk rows: \"fdatasync per N records\" overwrite a zero-filled, synced file (data-only syncs); \"fallocated\" appends into preallocated, never-written blocks; \"zeroing\" does the same while a second thread writes zeros ahead the way idemlog's Sync prefill does in its head segment.");
     println!("  * first write to a fresh 4 KiB page: what each page of new memory costs this machine (page fault + zeroing; under a hypervisor possibly a host fault too). Rows that keep every record in memory grow by ~640 B per pair (in-memory) and the page cache by ~600 B per pair (durable): their throughput and p99 include this cost.");
     println!(
         "  * Disk limit: one writer overwriting a preallocated, zero-filled {} MiB file from offset 0; reserve record {RESERVE_RECORD_BYTES} B + complete record {COMPLETE_RECORD_BYTES} B = {PAIR_BYTES} B per pair. \
-         Batch 1 = each record followed by its own fdatasync (2 syncs per pair, reported as pairs/s); batch 64 = 64 records (32 pairs) per write + fdatasync, the most 64 Sync callers can hand one sync (each waits for its reserve before it completes); batch 128 = 64 pairs per sync, for context.",
+         Batch 1 = each record followed by its own fdatasync (2 syncs per pair, reported as pairs/s); batch 64 = 64 records (32 pairs) per write + fdatasync, the most 64 Sync callers can hand one sync (each waits for its reserve before it completes); batch 128 = 64 pairs per sync, for context. \
+         \"fallocated\": the 64-record batches appended into preallocated, never-written blocks; \"zeroing\": the same while a second thread writes zeros ahead the way idemlog's Sync prefill thread did until 2026-11-30.",
         DISK_FILE_BYTES >> 20
     );
     println!("  * sled's flush() uses sync_file_range (plus fsync of its own metadata only when needed), which is weaker than fdatasync: it does not flush the disk's write cache or file metadata.");

@@ -539,7 +539,7 @@ impl Log {
     /// `fdatasync` of `segment`. A failure poisons the log (SPEC §4): the
     /// kernel may have dropped dirty pages, frames included, and a later
     /// sync of the file could then report success.
-    pub(crate) fn sync_segment(&self, segment: &Segment) -> Result<()> {
+    fn sync_segment(&self, segment: &Segment) -> Result<()> {
         if let Err(e) = segment.file.sync_data() {
             return Err(self.poison(format!(
                 "fdatasync of {} failed: {e}",
