@@ -83,7 +83,8 @@ fn fixture() -> Fixture {
     let config = Config::builder()
         .durability(Durability::Sync)
         .maintenance_interval(None)
-        // Only the log's own syncs are counted and held at the gate.
+        // No zero-filling: the tests count the log's syncs and what they
+        // carry, nothing else.
         .prefill_segments(false)
         .build();
     let store =
