@@ -3,6 +3,8 @@
 mod durable_support;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use durable_support::*;
@@ -531,4 +533,65 @@ fn buffered_writes_do_not_wait_for_the_timed_sync() {
     );
     assert!(!fs.gate.timed_out.load(std::sync::atomic::Ordering::SeqCst));
     drop(store);
+}
+
+/// Writes a reservation, then `pairs` other requests, then completes it:
+/// the two versions of its identity lie far apart in the log.
+fn far_apart_versions(dir: &std::path::Path, pairs: usize) -> Config {
+    let config = Config::builder()
+        .clock(clock())
+        .durability(Durability::None)
+        .maintenance_interval(None)
+        .ttl(Duration::from_secs(3600))
+        .build();
+    let store = Store::open(dir, config.clone()).unwrap();
+    let Outcome::Acquired(far) = store.reserve(&key("far"), &fp("far")).unwrap() else {
+        panic!("a fresh key was not acquired")
+    };
+    for i in 0..pairs {
+        reserve_complete(&store, &format!("k{i}"), b"done");
+    }
+    far.complete(b"far response".to_vec()).unwrap();
+    store.flush().unwrap();
+    config
+}
+
+#[test]
+fn a_version_far_back_in_the_log_is_superseded_on_reopen() {
+    // Recovery compares identities from the frames it recently scanned and
+    // reads older versions back from the file; 20 k pairs put the
+    // reservation beyond what any indexer keeps.
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = 20_000;
+    let config = far_apart_versions(dir.path(), pairs);
+    let store = Store::open(dir.path(), config).unwrap();
+    // A reservation left in the index beside its completion would count.
+    assert_eq!(store.stats().live_records, pairs as u64 + 1);
+    assert_eq!(store.stats().in_flight, 0);
+    match store.reserve(&key("far"), &fp("far")).unwrap() {
+        Outcome::Replay(r) => assert_eq!(&r.response[..], b"far response"),
+        other => panic!("got {other:?}"),
+    }
+}
+
+#[test]
+fn an_error_reading_an_old_version_fails_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = far_apart_versions(dir.path(), 20_000);
+    let fs = Arc::new(CountingFs::default());
+    fs.fail_frame_reads.store(true, Ordering::SeqCst);
+    let opened = Store::open_with_fs(
+        dir.path(),
+        config.clone(),
+        Arc::new(SharedFs(Arc::clone(&fs))),
+    );
+    match opened {
+        Err(Error::Io { context, .. }) => assert!(context.contains("cannot read"), "{context}"),
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("the open succeeded without reading the old version"),
+    }
+    assert!(fs.failed_frame_reads.load(Ordering::SeqCst) >= 1);
+    // Nothing was lost: the next open reads it.
+    let store = Store::open(dir.path(), config).unwrap();
+    assert_eq!(store.stats().live_records, 20_001);
 }

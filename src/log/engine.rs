@@ -254,10 +254,10 @@ impl Engine for LogEngine {
                     record.is_in_flight(),
                     record.expires_at.as_millis(),
                 );
-                if let Some(f) = &found {
-                    shard.remove(&f.entry);
+                match &found {
+                    Some(f) => shard.replace(&f.entry, entry, loc.len, record.replays),
+                    None => shard.insert(entry, loc.len, record.replays),
                 }
-                shard.insert(entry, loc.len, record.replays);
                 if record.is_in_flight() {
                     shard.cache(&entry, record);
                 }

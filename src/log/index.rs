@@ -171,6 +171,30 @@ impl Shard {
     /// Inserts a new entry for a frame of `len` bytes whose record was
     /// replayed `replays` times.
     pub(crate) fn insert(&mut self, e: Entry, len: u32, replays: u64) {
+        self.admit(&e, len, replays);
+        self.table
+            .insert_unique(table_hash(e.hash()), e, |x| table_hash(x.hash()));
+    }
+
+    /// Puts `new` (same hash) in the slot of the entry at `old`'s place,
+    /// with what the side tables hold for each: one probe where a removal
+    /// and an insertion would take two.
+    pub(crate) fn replace(&mut self, old: &Entry, new: Entry, len: u32, replays: u64) {
+        debug_assert_eq!(old.hash(), new.hash());
+        let th = table_hash(old.hash());
+        match self.table.find_mut(th, |x| x.same_place(old)) {
+            Some(slot) => {
+                let gone = std::mem::replace(slot, new);
+                self.forget(&gone);
+                self.admit(&new, len, replays);
+            }
+            None => self.insert(new, len, replays),
+        }
+    }
+
+    /// Counts a new entry for a frame of `len` bytes and notes what does
+    /// not fit in it.
+    fn admit(&mut self, e: &Entry, len: u32, replays: u64) {
         self.in_flight += u64::from(e.in_flight());
         self.live_bytes += u64::from(len);
         if e.short_len().is_none() {
@@ -179,8 +203,6 @@ impl Shard {
         if replays > 0 {
             self.replays.insert(e.place(), replays);
         }
-        self.table
-            .insert_unique(table_hash(e.hash()), e, |x| table_hash(x.hash()));
     }
 
     /// Removes the entry at `old`'s place, and what the side tables hold

@@ -8,6 +8,12 @@
 //! segment is moved into `quarantine/`). Otherwise `X` lies in the part
 //! that was never synced, so it is a torn tail: everything from `X` on is
 //! cut, and no frame after `X` is ever applied.
+//!
+//! The opening thread scans: it reads and checks every frame in log order,
+//! keeps the marks, and sends each record and tombstone, with its identity
+//! hash and bytes, to the indexer thread that owns its shard. Indexers
+//! build their shards' tables side by side; at millions of records those
+//! tables outgrow the caches, and the time goes to waiting on memory.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -17,7 +23,7 @@ use std::sync::Arc;
 use super::format::{self, FrameHeader, Summary, FRAME_OVERHEAD, HEADER_LEN};
 use super::fs::FileSystem;
 use super::index::{table_hash, Entry, Shard, HASH_MASK, SEGMENT_SPAN};
-use super::segment::{classify, pos, Name, Pos, Segment, Window};
+use super::segment::{classify, pos, Name, Segment, Window};
 use super::writer::Loc;
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
@@ -65,113 +71,241 @@ pub(crate) fn recover(p: &Params<'_>) -> Result<Opened> {
     }
 }
 
-struct State {
+/// A valid record or tombstone, as the scan hands it to the indexer that
+/// owns its shard.
+struct Frame {
+    loc: Loc,
+    /// The entry hash.
+    hash: u32,
+    /// The shard index.
+    shard: u32,
+    /// Where the frame's scope and key start in its batch's `ids`.
+    id_at: u32,
+    scope_len: u32,
+    key_len: u32,
+    /// A record's expiry (ms) and whether it is in flight; `None` for a
+    /// tombstone.
+    put: Option<(u64, bool)>,
+}
+
+/// Frames for one indexer, in log order, with the bytes of their
+/// identities (so that the indexer never reads the log itself for them).
+#[derive(Default)]
+struct Batch {
+    frames: Vec<Frame>,
+    ids: Vec<u8>,
+}
+
+/// Frames in one batch: large enough that the channel is touched rarely,
+/// small enough to stay in cache while it is applied.
+const BATCH: usize = 2048;
+/// Batches an indexer keeps after applying them: the previous version of
+/// an identity is usually among the last few thousand frames of its
+/// shards, and is then compared without reading the file.
+const KEPT: usize = 4;
+
+impl Batch {
+    fn identity(&self, f: &Frame) -> (&[u8], &[u8]) {
+        let at = f.id_at as usize;
+        let (s, k) = (f.scope_len as usize, f.key_len as usize);
+        (&self.ids[at..at + s], &self.ids[at + s..at + s + k])
+    }
+
+    /// The identity of the frame at (`segment`, `offset`), if this batch
+    /// holds it.
+    fn identity_at(&self, segment: u32, offset: u32) -> Option<(&[u8], &[u8])> {
+        let place = pos(segment, offset);
+        let first = self.frames.first()?;
+        if place < pos(first.loc.segment, first.loc.offset) {
+            return None;
+        }
+        let i = self
+            .frames
+            .binary_search_by_key(&place, |f| pos(f.loc.segment, f.loc.offset))
+            .ok()?;
+        Some(self.identity(&self.frames[i]))
+    }
+
+    fn push(
+        &mut self,
+        loc: Loc,
+        hash: u32,
+        shard: usize,
+        scope: &[u8],
+        key: &[u8],
+        put: Option<(u64, bool)>,
+    ) {
+        let id_at = self.ids.len() as u32;
+        self.ids.extend_from_slice(scope);
+        self.ids.extend_from_slice(key);
+        self.frames.push(Frame {
+            loc,
+            hash,
+            shard: shard as u32,
+            id_at,
+            scope_len: scope.len() as u32,
+            key_len: key.len() as u32,
+            put,
+        });
+    }
+}
+
+/// Builds the tables of the shards `shard % lanes == lane`, from the frames
+/// the scan sends it, in log order. Shards are independent, so indexers
+/// work side by side: at 10 M records the tables no longer fit any cache,
+/// and two cores wait on their misses at once.
+struct Indexer<'a> {
+    segs: &'a [Segment],
+    now: Timestamp,
+    keep_leases: bool,
+    lanes: usize,
+    /// Shard `lane + j * lanes` at `j`.
     shards: Vec<Shard>,
+    kept: std::collections::VecDeque<Batch>,
+}
+
+impl<'a> Indexer<'a> {
+    fn new(segs: &'a [Segment], p: &Params<'_>, lane: usize, lanes: usize) -> Self {
+        Indexer {
+            segs,
+            now: p.now,
+            keep_leases: p.keep_leases,
+            lanes,
+            shards: (lane..p.shards)
+                .step_by(lanes)
+                .map(|_| Shard::default())
+                .collect(),
+            kept: std::collections::VecDeque::with_capacity(KEPT + 1),
+        }
+    }
+
+    fn apply(&mut self, batch: Batch) -> Result<()> {
+        for f in &batch.frames {
+            self.take(&batch, f)?;
+        }
+        if self.kept.len() == KEPT {
+            self.kept.pop_front();
+        }
+        self.kept.push_back(batch);
+        Ok(())
+    }
+
+    /// Applies one frame: it replaces the entry of the same identity, if
+    /// any; a live record gets an entry of its own.
+    fn take(&mut self, batch: &Batch, f: &Frame) -> Result<()> {
+        let (scope, key) = batch.identity(f);
+        let shard = &mut self.shards[f.shard as usize / self.lanes];
+        let mut existing = None;
+        for e in shard.table.iter_hash(table_hash(f.hash)) {
+            if e.hash() == f.hash {
+                let len = shard.frame_len(e);
+                let recent = std::iter::once(batch).chain(self.kept.iter().rev());
+                if holds_identity(self.segs, recent, f.loc.segment, e, len, scope, key)? {
+                    existing = Some(*e);
+                    break;
+                }
+            }
+        }
+        let live = f
+            .put
+            .filter(|&(expires_at, _)| Timestamp::from_millis(expires_at) > self.now);
+        let new = live.map(|(expires_at, in_flight)| {
+            let mut e = Entry::new(f.hash, f.loc, in_flight, expires_at);
+            if in_flight && !self.keep_leases {
+                e.void_lease();
+            }
+            e
+        });
+        match (existing, new) {
+            (Some(old), Some(e)) => shard.replace(&old, e, f.loc.len, 0),
+            (Some(old), None) => shard.remove(&old),
+            (None, Some(e)) => shard.insert(e, f.loc.len, 0),
+            (None, None) => {}
+        }
+        Ok(())
+    }
+}
+
+/// Whether the frame `e` points at belongs to identity (`scope`, `key`):
+/// compared in the recent batches if one holds that frame, else read back.
+fn holds_identity<'b>(
+    segs: &[Segment],
+    recent: impl Iterator<Item = &'b Batch>,
+    current: u32,
+    e: &Entry,
+    len: u32,
+    scope: &[u8],
+    key: &[u8],
+) -> Result<bool> {
+    let segment = e.segment(current);
+    for b in recent {
+        if let Some((s, k)) = b.identity_at(segment, e.offset) {
+            return Ok(s == scope && k == key);
+        }
+    }
+    let Ok(i) = segs.binary_search_by_key(&segment, |s| s.id) else {
+        return Ok(false);
+    };
+    let payload = segs[i].read_payload(e.offset, len)?;
+    Ok(match format::summarize(&payload) {
+        Ok(Summary::Put {
+            scope: s, key: k, ..
+        }) => s == scope && k == key,
+        _ => false,
+    })
+}
+
+/// Where the scan sends an indexer's frames.
+enum Sink<'a> {
+    Thread(crossbeam_channel::Sender<Batch>),
+    /// No thread could be started: the scan applies the frames itself.
+    Inline(Indexer<'a>),
+}
+
+struct Lane<'a> {
+    batch: Batch,
+    sink: Sink<'a>,
+}
+
+impl Lane<'_> {
+    fn flush(&mut self) -> Result<()> {
+        let batch = std::mem::take(&mut self.batch);
+        self.batch.frames.reserve(BATCH);
+        match &mut self.sink {
+            Sink::Thread(tx) => tx.send(batch).map_err(|_| {
+                // Replaced by the indexer's own error once it is joined.
+                Error::io(
+                    "a recovery indexer stopped",
+                    io::Error::other("indexer stopped"),
+                )
+            }),
+            Sink::Inline(ix) => ix.apply(batch),
+        }
+    }
+}
+
+/// How many indexers share the shards: the scan is one thread of its own,
+/// and the indexers' work is mostly waiting on memory.
+fn indexer_count(shards: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let lanes = if cores >= 4 { 4 } else { 2 };
+    lanes.min(shards).max(1)
+}
+
+/// What the scan found.
+struct Scanned {
     max_token: u64,
     synced_max: u64,
     first_bad: Option<(usize, u64, &'static str)>,
-    hints: Hints,
+    shards: Vec<Shard>,
 }
 
-/// Identity hashes made ahead by the helper thread, by log position.
-/// (position, payload length, identity hash) of frames whose checksums hold.
-type HashBatch = Vec<(Pos, u32, IdentityHash)>;
-const HASH_BATCH: usize = 4096;
-
-/// The scan's end of the helper's channel.
-struct Hints {
-    rx: Option<crossbeam_channel::Receiver<HashBatch>>,
-    batch: HashBatch,
-    next: usize,
-}
-
-impl Hints {
-    /// What the helper found at `at` (payload length, identity hash), if
-    /// it found a valid frame there. Positions only grow, so entries for
-    /// earlier positions are passed by.
-    fn find(&mut self, at: Pos) -> Option<(u32, IdentityHash)> {
-        loop {
-            if let Some(&(p, len, h)) = self.batch.get(self.next) {
-                if p > at {
-                    return None;
-                }
-                if p == at {
-                    return Some((len, h));
-                }
-                self.next += 1;
-                continue;
-            }
-            match self.rx.as_ref()?.recv() {
-                Ok(batch) => {
-                    self.batch = batch;
-                    self.next = 0;
-                }
-                Err(_) => {
-                    self.rx = None;
-                    return None;
-                }
-            }
-        }
-    }
-}
-
-/// The helper thread: walks the frames of every segment, stopping a segment
-/// at the first frame that does not check out, and sends the position,
-/// length and identity hash of each valid record and tombstone. The scan
-/// still reads every frame header itself and uses a helper's finding only
-/// for a frame of the same length at the very same position.
-fn hash_ahead(
-    segs: &[Segment],
-    hasher: &IdentityHasher,
-    tx: &crossbeam_channel::Sender<HashBatch>,
-) {
-    let mut batch = Vec::with_capacity(HASH_BATCH);
-    let mut buf = Vec::new();
-    for seg in segs {
-        let mut w = Window::new(seg, buf);
-        let mut at = u64::from(HEADER_LEN);
-        while at + 8 <= seg.size {
-            let Ok(header) = w.get(at, 8) else { break };
-            let FrameHeader::Len(n) = format::frame_header(header) else {
-                break;
-            };
-            if at + (n + FRAME_OVERHEAD) as u64 > seg.size {
-                break;
-            }
-            let Ok(bytes) = w.get(at + 8, n + 4) else {
-                break;
-            };
-            if !format::payload_ok(bytes) {
-                break;
-            }
-            let (scope, key) = match format::summarize(&bytes[..n]) {
-                Ok(Summary::Put { scope, key, .. }) | Ok(Summary::Tombstone { scope, key }) => {
-                    (scope, key)
-                }
-                Ok(Summary::Mark { .. }) => {
-                    at += (n + FRAME_OVERHEAD) as u64;
-                    continue;
-                }
-                Err(_) => break,
-            };
-            batch.push((
-                pos(seg.id, at as u32),
-                n as u32,
-                hasher.hash_parts(scope, key),
-            ));
-            if batch.len() == HASH_BATCH {
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(HASH_BATCH));
-                if tx.send(full).is_err() {
-                    return;
-                }
-            }
-            at += (n + FRAME_OVERHEAD) as u64;
-        }
-        buf = w.into_buf();
-    }
-    if !batch.is_empty() {
-        let _ = tx.send(batch);
-    }
+/// What the scan itself keeps: the marks, the tokens, where the log ends.
+struct Scan<'a> {
+    max_token: u64,
+    synced_max: u64,
+    first_bad: Option<(usize, u64, &'static str)>,
+    lanes: Vec<Lane<'a>>,
 }
 
 fn io_err(what: &str, path: &Path) -> impl FnOnce(io::Error) -> Error {
@@ -235,36 +369,77 @@ fn scan_once(p: &Params<'_>) -> Result<Option<Opened>> {
         }
     }
     let mut head_end = HEADER_LEN;
-    let st = std::thread::scope(|scope| -> Result<State> {
-        // A helper thread hashes identities ahead of the scan (the keyed
-        // hash is the largest cost of a frame); the scan checks every frame
-        // itself and only takes a hash for the exact position it was made at.
-        let (tx, rx) = crossbeam_channel::bounded(4);
+    let lanes = indexer_count(p.shards);
+    let st = std::thread::scope(|scope| -> Result<Scanned> {
         let segs_ref = &segs;
-        let hasher = p.hasher;
-        let helper = std::thread::Builder::new()
-            .name("idemlog-recovery".into())
-            .spawn_scoped(scope, move || hash_ahead(segs_ref, hasher, &tx));
-        let mut st = State {
-            shards: (0..p.shards).map(|_| Shard::default()).collect(),
+        let mut st = Scan {
             max_token: 0,
             synced_max: 0,
             first_bad: None,
-            hints: Hints {
-                rx: helper.is_ok().then_some(rx),
-                batch: Vec::new(),
-                next: 0,
-            },
+            lanes: Vec::with_capacity(lanes),
         };
-        let mut buf = Vec::new();
-        for i in 0..segs.len() {
-            let mut w = Window::new(&segs[i], buf);
-            head_end = scan_segment(p, &segs, i, &mut w, &mut st)?;
-            buf = w.into_buf();
+        let mut threads = Vec::with_capacity(lanes);
+        for lane in 0..lanes {
+            let (tx, rx) = crossbeam_channel::bounded::<Batch>(4);
+            let spawned = std::thread::Builder::new()
+                .name("idemlog-recovery".into())
+                .spawn_scoped(scope, move || -> Result<Indexer<'_>> {
+                    let mut ix = Indexer::new(segs_ref, p, lane, lanes);
+                    for batch in rx {
+                        ix.apply(batch)?;
+                    }
+                    Ok(ix)
+                });
+            let sink = match spawned {
+                Ok(t) => {
+                    threads.push((lane, t));
+                    Sink::Thread(tx)
+                }
+                Err(_) => Sink::Inline(Indexer::new(segs_ref, p, lane, lanes)),
+            };
+            st.lanes.push(Lane {
+                batch: Batch::default(),
+                sink,
+            });
         }
-        // Closing the channel stops the helper if it is still going.
-        st.hints.rx = None;
-        Ok(st)
+        let mut scanned = (|| -> Result<()> {
+            let mut buf = Vec::new();
+            for i in 0..segs.len() {
+                let mut w = Window::new(&segs[i], buf);
+                head_end = scan_segment(p, &segs, i, &mut w, &mut st)?;
+                buf = w.into_buf();
+            }
+            st.lanes.iter_mut().try_for_each(Lane::flush)
+        })();
+        // Closing the channels lets the indexers finish.
+        let mut indexers: Vec<Option<Indexer<'_>>> = (0..lanes).map(|_| None).collect();
+        for (lane, l) in st.lanes.drain(..).enumerate() {
+            if let Sink::Inline(ix) = l.sink {
+                indexers[lane] = Some(ix);
+            }
+        }
+        for (lane, t) in threads {
+            match t.join() {
+                Ok(Ok(ix)) => indexers[lane] = Some(ix),
+                // An indexer's error is the cause of the scan's failed send.
+                Ok(Err(e)) => scanned = Err(e),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        scanned?;
+        let mut shards: Vec<Option<Shard>> = (0..p.shards).map(|_| None).collect();
+        for (lane, ix) in indexers.into_iter().enumerate() {
+            let Some(ix) = ix else { continue };
+            for (j, shard) in ix.shards.into_iter().enumerate() {
+                shards[lane + j * lanes] = Some(shard);
+            }
+        }
+        Ok(Scanned {
+            max_token: st.max_token,
+            synced_max: st.synced_max,
+            first_bad: st.first_bad,
+            shards: shards.into_iter().map(Option::unwrap_or_default).collect(),
+        })
     })?;
     if let Some((i, offset, reason)) = st.first_bad {
         if st.synced_max > pos(segs[i].id, offset as u32) {
@@ -327,7 +502,7 @@ fn scan_segment(
     segs: &[Segment],
     i: usize,
     w: &mut Window<'_>,
-    st: &mut State,
+    st: &mut Scan<'_>,
 ) -> Result<u32> {
     let size = segs[i].size;
     let mut at = u64::from(HEADER_LEN);
@@ -341,9 +516,8 @@ fn scan_segment(
             }
             return Ok(at as u32);
         }
-        let check = check_frame(w, at, size, segs[i].id, &mut st.hints)?;
-        match check {
-            Check::Valid(n, hashed) => {
+        match check_frame(w, at, size)? {
+            Check::Valid(n) => {
                 // `check_frame` left the payload in the window: no copy.
                 let w: &Window<'_> = w;
                 let Some(payload) = w.peek(at + 8, n) else {
@@ -356,7 +530,7 @@ fn scan_segment(
                             offset: at as u32,
                             len: (n + FRAME_OVERHEAD) as u32,
                         };
-                        st.take(p, segs, s, loc, hashed, w)?;
+                        st.take(p, s, loc)?;
                         searching = false;
                         at += (n + FRAME_OVERHEAD) as u64;
                     }
@@ -391,29 +565,13 @@ fn scan_segment(
 }
 
 enum Check {
-    /// A frame with this payload length, and its identity hash if the
-    /// helper thread made it.
-    Valid(usize, Option<IdentityHash>),
+    /// A frame with this payload length.
+    Valid(usize),
     Zero,
     Bad(&'static str),
 }
 
-fn check_frame(
-    w: &mut Window<'_>,
-    at: u64,
-    size: u64,
-    segment: u32,
-    hints: &mut Hints,
-) -> Result<Check> {
-    // The helper checked this very frame already, header and payload (the
-    // same bytes: nothing writes during recovery).
-    if let Some((len, hash)) = hints.find(pos(segment, at as u32)) {
-        let n = len as usize;
-        if at + (n + FRAME_OVERHEAD) as u64 <= size {
-            w.get(at + 8, n)?;
-            return Ok(Check::Valid(n, Some(hash)));
-        }
-    }
+fn check_frame(w: &mut Window<'_>, at: u64, size: u64) -> Result<Check> {
     let n = match format::frame_header(w.get(at, 8)?) {
         FrameHeader::Zero => return Ok(Check::Zero),
         FrameHeader::Bad => return Ok(Check::Bad("frame length checksum mismatch")),
@@ -425,7 +583,7 @@ fn check_frame(
     if !format::payload_ok(w.get(at + 8, n + 4)?) {
         return Ok(Check::Bad("frame checksum mismatch"));
     }
-    Ok(Check::Valid(n, None))
+    Ok(Check::Valid(n))
 }
 
 /// The first non-zero byte at or after `from`.
@@ -450,114 +608,48 @@ fn next_nonzero(w: &mut Window<'_>, from: u64, size: u64) -> Result<Option<u64>>
     Ok(None)
 }
 
-impl State {
+impl Scan<'_> {
     fn bad(&mut self, segment: usize, offset: u64, reason: &'static str) {
         if self.first_bad.is_none() {
             self.first_bad = Some((segment, offset, reason));
         }
     }
 
-    /// Applies a valid frame found at `loc` (only marks once the log has
-    /// ended at a bad frame); `hashed` is its identity hash if the helper
-    /// thread made it.
-    fn take(
-        &mut self,
-        p: &Params<'_>,
-        segs: &[Segment],
-        s: Summary<'_>,
-        loc: Loc,
-        hashed: Option<IdentityHash>,
-        w: &Window<'_>,
-    ) -> Result<()> {
-        if let Summary::Mark {
-            synced_upto,
-            token_floor,
-        } = s
-        {
-            self.synced_max = self.synced_max.max(synced_upto);
-            self.max_token = self.max_token.max(token_floor);
-            return Ok(());
-        }
-        if self.first_bad.is_some() {
-            return Ok(());
-        }
-        let (scope, key) = match s {
+    /// Takes a valid frame found at `loc`: marks always; records and
+    /// tombstones only while the log has not ended at a bad frame, sent to
+    /// the indexer of their shard.
+    fn take(&mut self, p: &Params<'_>, s: Summary<'_>, loc: Loc) -> Result<()> {
+        let (scope, key, put) = match s {
+            Summary::Mark {
+                synced_upto,
+                token_floor,
+            } => {
+                self.synced_max = self.synced_max.max(synced_upto);
+                self.max_token = self.max_token.max(token_floor);
+                return Ok(());
+            }
+            _ if self.first_bad.is_some() => return Ok(()),
             Summary::Put {
-                scope, key, token, ..
+                scope,
+                key,
+                token,
+                in_flight,
+                expires_at,
             } => {
                 self.max_token = self.max_token.max(token);
-                (scope, key)
+                (scope, key, Some((expires_at, in_flight)))
             }
-            Summary::Tombstone { scope, key } => (scope, key),
-            Summary::Mark { .. } => return Ok(()),
+            Summary::Tombstone { scope, key } => (scope, key, None),
         };
-        let id_hash = hashed.unwrap_or_else(|| p.hasher.hash_parts(scope, key));
-        let (hash, si) = hashes(id_hash, p.shards, p.hash_mask);
-        let shard = &mut self.shards[si];
-        let mut existing = None;
-        for e in shard.table.iter_hash(table_hash(hash)) {
-            if e.hash() == hash
-                && same_identity_at(segs, loc.segment, w, e, shard.frame_len(e), scope, key)?
-            {
-                existing = Some(*e);
-                break;
-            }
-        }
-        if let Some(old) = existing {
-            shard.remove(&old);
-        }
-        if let Summary::Put {
-            in_flight,
-            expires_at,
-            ..
-        } = s
-        {
-            if Timestamp::from_millis(expires_at) > p.now {
-                let mut e = Entry::new(hash, loc, in_flight, expires_at);
-                if in_flight && !p.keep_leases {
-                    e.void_lease();
-                }
-                shard.insert(e, loc.len, 0);
-            }
+        let (hash, si) = hashes(p.hasher.hash_parts(scope, key), p.shards, p.hash_mask);
+        let lanes = self.lanes.len();
+        let lane = &mut self.lanes[si % lanes];
+        lane.batch.push(loc, hash, si, scope, key, put);
+        if lane.batch.frames.len() >= BATCH {
+            lane.flush()?;
         }
         Ok(())
     }
-}
-
-/// Whether the frame `e` points at belongs to identity (`scope`, `key`).
-fn same_identity_at(
-    segs: &[Segment],
-    current: u32,
-    w: &Window<'_>,
-    e: &Entry,
-    len: u32,
-    scope: &[u8],
-    key: &[u8],
-) -> Result<bool> {
-    // Usually the previous version is a few frames back, still in the
-    // window: no read needed.
-    let payload_len = (len as usize).saturating_sub(FRAME_OVERHEAD);
-    let segment = e.segment(current);
-    let in_window = (segment == current)
-        .then(|| w.peek(u64::from(e.offset) + 8, payload_len))
-        .flatten();
-    let read;
-    let payload = match in_window {
-        Some(p) => p,
-        None => {
-            let Ok(i) = segs.binary_search_by_key(&segment, |s| s.id) else {
-                return Ok(false);
-            };
-            read = segs[i].read_payload(e.offset, len)?;
-            &read[..]
-        }
-    };
-    Ok(match format::summarize(payload) {
-        Ok(Summary::Put {
-            scope: s, key: k, ..
-        }) => s == scope && k == key,
-        _ => false,
-    })
 }
 
 /// Overwrites with zeros every non-zero byte of `seg` from `offset` on, and

@@ -89,6 +89,11 @@ pub struct CountingFs {
     pub fail_zero_writes: AtomicBool,
     /// While closed, data syncs wait (up to 10 s) for `open_gate`.
     pub gate: SyncGate,
+    /// Fail reads of at most 1 KiB after a file's first byte: recovery's
+    /// reads of single old frames (its scan reads whole windows).
+    pub fail_frame_reads: AtomicBool,
+    /// Reads failed so.
+    pub failed_frame_reads: AtomicU64,
 }
 
 /// Holds fdatasync calls back until the test lets them through.
@@ -133,6 +138,10 @@ struct CountingFile {
 
 impl FileHandle for CountingFile {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if offset > 0 && buf.len() <= 1024 && self.fs.fail_frame_reads.load(Ordering::SeqCst) {
+            self.fs.failed_frame_reads.fetch_add(1, Ordering::SeqCst);
+            return Err(io::Error::other("injected failure reading a frame"));
+        }
         self.inner.read_exact_at(buf, offset)
     }
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
