@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 
 use super::format;
 use super::fs::{FileSystem, LockGuard};
-use super::index::{self, table_hash, Entry, Shard};
+use super::index::{self, Entry, Shard};
 use super::lock::lock_dir;
 use super::recovery::{self, hashes, Params};
 use super::writer::{spawn_writer, Log, LogSettings};
@@ -150,7 +150,7 @@ impl LogEngine {
     /// Finds the current record of `id` in `shard`, confirming the full
     /// identity for every entry whose hash matches.
     fn find(&self, shard: &Shard, id: &Identity<'_>, hash: u32) -> Result<Option<Found>> {
-        for e in shard.table.iter_hash(table_hash(hash)) {
+        for e in shard.table.iter_hash(hash) {
             if e.hash() != hash {
                 continue;
             }

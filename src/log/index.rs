@@ -8,6 +8,8 @@
 
 use hashbrown::{HashMap, HashTable};
 
+use super::table::EntryTable;
+
 use super::segment::Pos;
 use super::writer::Loc;
 use crate::clock::Timestamp;
@@ -45,6 +47,16 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// A free slot of the table, marked by an offset no frame has.
+    pub(crate) const fn vacant(offset: u32) -> Self {
+        Entry {
+            tag: 0,
+            offset,
+            expires_secs: 0,
+            meta: 0,
+        }
+    }
+
     /// `hash` must already be cut to [`HASH_BITS`].
     pub(crate) fn new(hash: u32, loc: Loc, in_flight: bool, expires_at: u64) -> Self {
         let seg = loc.segment & SEGMENT_MASK;
@@ -130,7 +142,7 @@ pub(crate) struct Cached {
 /// One shard of the index.
 #[derive(Default)]
 pub(crate) struct Shard {
-    pub(crate) table: HashTable<Entry>,
+    pub(crate) table: EntryTable,
     pub(crate) cache: HashTable<Cached>,
     /// Frame lengths that do not fit an entry, by place.
     long_lens: HashMap<u64, u32>,
@@ -172,8 +184,7 @@ impl Shard {
     /// replayed `replays` times.
     pub(crate) fn insert(&mut self, e: Entry, len: u32, replays: u64) {
         self.admit(&e, len, replays);
-        self.table
-            .insert_unique(table_hash(e.hash()), e, |x| table_hash(x.hash()));
+        self.table.insert(e);
     }
 
     /// Puts `new` (same hash) in the slot of the entry at `old`'s place,
@@ -181,8 +192,7 @@ impl Shard {
     /// and an insertion would take two.
     pub(crate) fn replace(&mut self, old: &Entry, new: Entry, len: u32, replays: u64) {
         debug_assert_eq!(old.hash(), new.hash());
-        let th = table_hash(old.hash());
-        match self.table.find_mut(th, |x| x.same_place(old)) {
+        match self.table.find_mut(old.hash(), |x| x.same_place(old)) {
             Some(slot) => {
                 let gone = std::mem::replace(slot, new);
                 self.forget(&gone);
@@ -208,9 +218,7 @@ impl Shard {
     /// Removes the entry at `old`'s place, and what the side tables hold
     /// for it.
     pub(crate) fn remove(&mut self, old: &Entry) {
-        let th = table_hash(old.hash());
-        if let Ok(found) = self.table.find_entry(th, |x| x.same_place(old)) {
-            let (e, _) = found.remove();
+        if let Some(e) = self.table.remove(old.hash(), |x| x.same_place(old)) {
             self.forget(&e);
         }
     }
@@ -296,7 +304,7 @@ impl Shard {
     /// side-table state.
     pub(crate) fn move_entry(&mut self, old: &Entry, loc: Loc) {
         let th = table_hash(old.hash());
-        let Some(e) = self.table.find_mut(th, |x| x.same_place(old)) else {
+        let Some(e) = self.table.find_mut(old.hash(), |x| x.same_place(old)) else {
             return;
         };
         let new = old.moved_to(loc);
@@ -392,6 +400,6 @@ mod tests {
         assert!(!moved.is_expired(Timestamp::from_millis(9_999)));
         s.remove(&moved);
         assert_eq!(s.live_bytes, 0);
-        assert!(s.long_lens.is_empty() && s.replays.is_empty() && s.table.is_empty());
+        assert!(s.long_lens.is_empty() && s.replays.is_empty() && s.table.len() == 0);
     }
 }

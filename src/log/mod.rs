@@ -23,6 +23,7 @@ pub(crate) mod prefill;
 pub(crate) mod reclaim;
 pub(crate) mod recovery;
 pub(crate) mod segment;
+pub(crate) mod table;
 pub(crate) mod writer;
 
 pub(crate) use engine::LogEngine;

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use super::format::{self, FrameHeader, Summary, FRAME_OVERHEAD, HEADER_LEN};
 use super::fs::FileSystem;
-use super::index::{table_hash, Entry, Shard, HASH_MASK, SEGMENT_SPAN};
+use super::index::{Entry, Shard, HASH_MASK, SEGMENT_SPAN};
 use super::segment::{classify, pos, Name, Segment, Window};
 use super::writer::Loc;
 use crate::clock::Timestamp;
@@ -103,6 +103,8 @@ const BATCH: usize = 2048;
 /// an identity is usually among the last few thousand frames of its
 /// shards, and is then compared without reading the file.
 const KEPT: usize = 4;
+/// Frames whose table lines an indexer loads ahead, side by side.
+const AHEAD: usize = 8;
 
 impl Batch {
     fn identity(&self, f: &Frame) -> (&[u8], &[u8]) {
@@ -180,14 +182,31 @@ impl<'a> Indexer<'a> {
     }
 
     fn apply(&mut self, batch: Batch) -> Result<()> {
-        for f in &batch.frames {
+        // The tables' lines are loaded a few frames ahead, several at once,
+        // so that their cache misses overlap instead of following each
+        // other.
+        let mut touched = self.touch(&batch.frames[..batch.frames.len().min(AHEAD)]);
+        for (i, f) in batch.frames.iter().enumerate() {
+            if i % AHEAD == 0 {
+                let next = batch.frames.get(i + AHEAD..).unwrap_or_default();
+                touched ^= self.touch(&next[..next.len().min(AHEAD)]);
+            }
             self.take(&batch, f)?;
         }
+        std::hint::black_box(touched);
         if self.kept.len() == KEPT {
             self.kept.pop_front();
         }
         self.kept.push_back(batch);
         Ok(())
+    }
+
+    fn touch(&self, frames: &[Frame]) -> u32 {
+        frames.iter().fold(0, |acc, f| {
+            acc ^ self.shards[f.shard as usize / self.lanes]
+                .table
+                .touch(f.hash)
+        })
     }
 
     /// Applies one frame: it replaces the entry of the same identity, if
@@ -196,7 +215,7 @@ impl<'a> Indexer<'a> {
         let (scope, key) = batch.identity(f);
         let shard = &mut self.shards[f.shard as usize / self.lanes];
         let mut existing = None;
-        for e in shard.table.iter_hash(table_hash(f.hash)) {
+        for e in shard.table.iter_hash(f.hash) {
             if e.hash() == f.hash {
                 let len = shard.frame_len(e);
                 let recent = std::iter::once(batch).chain(self.kept.iter().rev());
