@@ -78,16 +78,16 @@ impl StoredKey {
         bytes: [0; INLINE_KEY],
     };
 
+    /// Stores `key`, in place (a free place's key is `Inline`).
     fn set(&mut self, key: &IdempotencyKey) {
         let framed = key.framed();
-        *self = match u8::try_from(framed.len()) {
-            Ok(len) if framed.len() <= INLINE_KEY => {
-                let mut bytes = [0; INLINE_KEY];
+        match (self, u8::try_from(framed.len())) {
+            (StoredKey::Inline { len, bytes }, Ok(n)) if framed.len() <= INLINE_KEY => {
                 bytes[..framed.len()].copy_from_slice(framed);
-                StoredKey::Inline { len, bytes }
+                *len = n;
             }
-            _ => StoredKey::Shared(key.clone()),
-        };
+            (this, _) => *this = StoredKey::Shared(key.clone()),
+        }
     }
 
     fn bytes(&self) -> &[u8] {
@@ -163,7 +163,9 @@ impl RecordSlab {
     fn remove(&mut self, at: SlabIndex) -> Option<Record> {
         let place = self.place_mut(at);
         let record = place.record.take();
-        place.key = StoredKey::EMPTY;
+        if let StoredKey::Shared(_) = place.key {
+            place.key = StoredKey::EMPTY;
+        }
         self.free.push(at);
         record
     }
@@ -240,11 +242,13 @@ impl Engine for MemoryEngine {
                         found.key = kept_key;
                         found.replays = found.replays.saturating_add(1);
                     }
-                    Change::Put(mut record) => {
+                    Change::Put(record) => {
                         let now_in_flight = record.is_in_flight();
                         occupied.get_mut().expires_at = record.expires_at;
-                        record.key = kept_key;
+                        // Moved in first, key set after: a change to the
+                        // record on the way costs two more 192-byte copies.
                         *found = record;
+                        found.key = kept_key;
                         *in_flight =
                             *in_flight + u64::from(now_in_flight) - u64::from(was_in_flight);
                     }
@@ -256,14 +260,15 @@ impl Engine for MemoryEngine {
                 }
             }
             Entry::Vacant(vacant) => {
-                if let Change::Put(mut record) = decide(None) {
+                if let Change::Put(record) = decide(None) {
                     *in_flight += u64::from(record.is_in_flight());
                     let expires_at = record.expires_at;
-                    record.key = placeholder.clone();
+                    let at = records.insert(record, id.key);
+                    records.get_mut(at).key = placeholder.clone();
                     vacant.insert(Slot {
                         hash: id.hash.table,
                         expires_at,
-                        at: records.insert(record, id.key),
+                        at,
                     });
                 }
             }
