@@ -99,6 +99,18 @@ impl IdempotencyKey {
         &self.0[SCOPE_LEN_BYTES + self.scope_len()..]
     }
 
+    /// The packed identity, `[scope length: u32 LE][scope][key]`: equal
+    /// bytes, equal identities.
+    pub(crate) fn framed(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// How many values share this key's bytes (tests of what holds keys).
+    #[cfg(test)]
+    pub(crate) fn holders(&self) -> usize {
+        Arc::strong_count(&self.0)
+    }
+
     fn scope_len(&self) -> usize {
         let mut len = [0u8; SCOPE_LEN_BYTES];
         len.copy_from_slice(&self.0[..SCOPE_LEN_BYTES]);
