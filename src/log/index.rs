@@ -155,7 +155,8 @@ pub(crate) struct Shard {
     pub(crate) live_bytes: u64,
 }
 
-/// The table hash of an entry hash, spread over 64 bits for hashbrown.
+/// An entry hash spread over 64 bits: the in-flight cache (hashbrown) and
+/// the entry table take their buckets from it.
 pub(crate) fn table_hash(hash: u32) -> u64 {
     u64::from(hash).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
