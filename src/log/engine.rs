@@ -151,9 +151,6 @@ impl LogEngine {
     /// identity for every entry whose hash matches.
     fn find(&self, shard: &Shard, id: &Identity<'_>, hash: u32) -> Result<Option<Found>> {
         for e in shard.table.iter_hash(hash) {
-            if e.hash() != hash {
-                continue;
-            }
             if e.in_flight() {
                 if let Some(r) = shard.cached(e) {
                     if r.key == *id.key {

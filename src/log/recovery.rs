@@ -216,13 +216,11 @@ impl<'a> Indexer<'a> {
         let shard = &mut self.shards[f.shard as usize / self.lanes];
         let mut existing = None;
         for e in shard.table.iter_hash(f.hash) {
-            if e.hash() == f.hash {
-                let len = shard.frame_len(e);
-                let recent = std::iter::once(batch).chain(self.kept.iter().rev());
-                if holds_identity(self.segs, recent, f.loc.segment, e, len, scope, key)? {
-                    existing = Some(*e);
-                    break;
-                }
+            let len = shard.frame_len(e);
+            let recent = std::iter::once(batch).chain(self.kept.iter().rev());
+            if holds_identity(self.segs, recent, f.loc.segment, e, len, scope, key)? {
+                existing = Some(*e);
+                break;
             }
         }
         let live = f
@@ -311,19 +309,16 @@ fn indexer_count(shards: usize) -> usize {
     lanes.min(shards).max(1)
 }
 
-/// What the scan found.
-struct Scanned {
+/// What the scan keeps itself: the marks, the tokens, where the log ends.
+#[derive(Default)]
+struct LogEnd {
     max_token: u64,
     synced_max: u64,
     first_bad: Option<(usize, u64, &'static str)>,
-    shards: Vec<Shard>,
 }
 
-/// What the scan itself keeps: the marks, the tokens, where the log ends.
 struct Scan<'a> {
-    max_token: u64,
-    synced_max: u64,
-    first_bad: Option<(usize, u64, &'static str)>,
+    end: LogEnd,
     lanes: Vec<Lane<'a>>,
 }
 
@@ -389,12 +384,10 @@ fn scan_once(p: &Params<'_>) -> Result<Option<Opened>> {
     }
     let mut head_end = HEADER_LEN;
     let lanes = indexer_count(p.shards);
-    let st = std::thread::scope(|scope| -> Result<Scanned> {
+    let (st, shards) = std::thread::scope(|scope| -> Result<(LogEnd, Vec<Shard>)> {
         let segs_ref = &segs;
         let mut st = Scan {
-            max_token: 0,
-            synced_max: 0,
-            first_bad: None,
+            end: LogEnd::default(),
             lanes: Vec::with_capacity(lanes),
         };
         let mut threads = Vec::with_capacity(lanes);
@@ -453,12 +446,8 @@ fn scan_once(p: &Params<'_>) -> Result<Option<Opened>> {
                 shards[lane + j * lanes] = Some(shard);
             }
         }
-        Ok(Scanned {
-            max_token: st.max_token,
-            synced_max: st.synced_max,
-            first_bad: st.first_bad,
-            shards: shards.into_iter().map(Option::unwrap_or_default).collect(),
-        })
+        let shards = shards.into_iter().map(Option::unwrap_or_default).collect();
+        Ok((st.end, shards))
     })?;
     if let Some((i, offset, reason)) = st.first_bad {
         if st.synced_max > pos(segs[i].id, offset as u32) {
@@ -510,7 +499,7 @@ fn scan_once(p: &Params<'_>) -> Result<Option<Opened>> {
         segments,
         head,
         head_end,
-        shards: st.shards,
+        shards,
         max_token: st.max_token,
     }))
 }
@@ -629,8 +618,8 @@ fn next_nonzero(w: &mut Window<'_>, from: u64, size: u64) -> Result<Option<u64>>
 
 impl Scan<'_> {
     fn bad(&mut self, segment: usize, offset: u64, reason: &'static str) {
-        if self.first_bad.is_none() {
-            self.first_bad = Some((segment, offset, reason));
+        if self.end.first_bad.is_none() {
+            self.end.first_bad = Some((segment, offset, reason));
         }
     }
 
@@ -643,11 +632,11 @@ impl Scan<'_> {
                 synced_upto,
                 token_floor,
             } => {
-                self.synced_max = self.synced_max.max(synced_upto);
-                self.max_token = self.max_token.max(token_floor);
+                self.end.synced_max = self.end.synced_max.max(synced_upto);
+                self.end.max_token = self.end.max_token.max(token_floor);
                 return Ok(());
             }
-            _ if self.first_bad.is_some() => return Ok(()),
+            _ if self.end.first_bad.is_some() => return Ok(()),
             Summary::Put {
                 scope,
                 key,
@@ -655,7 +644,7 @@ impl Scan<'_> {
                 in_flight,
                 expires_at,
             } => {
-                self.max_token = self.max_token.max(token);
+                self.end.max_token = self.end.max_token.max(token);
                 (scope, key, Some((expires_at, in_flight)))
             }
             Summary::Tombstone { scope, key } => (scope, key, None),

@@ -352,6 +352,18 @@ mod tests {
         )
     }
 
+    /// Every record in one shard, so that slab places are reused between
+    /// keys.
+    fn one_shard_store(clock: &ManualClock) -> Store {
+        Store::in_memory(
+            Config::builder()
+                .clock(clock.clone())
+                .shards(1)
+                .maintenance_interval(None)
+                .build(),
+        )
+    }
+
     /// Maintenance reads each slot's copy of the expiry: every change that
     /// moves a record's expiry (extend, complete) must move the copy too.
     #[test]
@@ -390,13 +402,7 @@ mod tests {
     #[test]
     fn slab_places_are_reused_without_mixing_records() {
         let clock = ManualClock::new(Timestamp::from_millis(0));
-        let store = Store::in_memory(
-            Config::builder()
-                .clock(clock.clone())
-                .shards(1)
-                .maintenance_interval(None)
-                .build(),
-        );
+        let store = one_shard_store(&clock);
         let fp = Fingerprint::of_bytes(b"body");
         let short = ReserveOptions::default().lease(SECOND).ttl(SECOND);
         let key = |i: usize| store.key("t", format!("k{i}")).unwrap();
@@ -446,14 +452,7 @@ mod tests {
     /// to an inline key the caller built.
     #[test]
     fn inline_and_shared_identities_find_their_own_records() {
-        let clock = ManualClock::new(Timestamp::from_millis(0));
-        let store = Store::in_memory(
-            Config::builder()
-                .clock(clock.clone())
-                .shards(1)
-                .maintenance_interval(None)
-                .build(),
-        );
+        let store = one_shard_store(&ManualClock::new(Timestamp::from_millis(0)));
         let fp = Fingerprint::of_bytes(b"body");
         // Packed length: 4 + scope + key; scope "s" makes it 5 + key length.
         let keys: Vec<_> = [1, 56, 57, 58, 59, 60, 200, 255]
