@@ -38,6 +38,26 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// How a directory is opened, beyond its [`Config`]: internals that tests
+/// change to reach paths the defaults rarely take.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OpenTuning {
+    /// The identity-hash bits the index keeps; 0 makes every identity
+    /// collide.
+    pub(crate) hash_mask: u32,
+    /// Whether recovery builds the index on threads beside its scan (false:
+    /// the scan indexes every frame itself, as when no thread can start).
+    pub(crate) indexer_threads: bool,
+}
+
+impl OpenTuning {
+    /// What a store opened through the public API uses.
+    pub(crate) const DEFAULT: OpenTuning = OpenTuning {
+        hash_mask: u32::MAX,
+        indexer_threads: true,
+    };
+}
+
 /// The durable, log-structured engine.
 pub(crate) struct LogEngine {
     pub(super) log: Arc<Log>,
@@ -71,18 +91,22 @@ impl LogEngine {
         fs: Arc<dyn FileSystem>,
         hasher: &IdentityHasher,
     ) -> Result<LogEngine> {
-        Self::open_with_hash_mask(dir, config, fs, hasher, u32::MAX)
+        Self::open_tuned(dir, config, fs, hasher, OpenTuning::DEFAULT)
     }
 
-    /// Opens with only the `hash_mask` bits of each identity hash kept, so
-    /// tests can force every identity to collide.
-    pub(crate) fn open_with_hash_mask(
+    /// Opens with the internals `tuning` sets, which tests change to reach
+    /// paths the defaults rarely take.
+    pub(crate) fn open_tuned(
         dir: &Path,
         config: &Config,
         fs: Arc<dyn FileSystem>,
         hasher: &IdentityHasher,
-        hash_mask: u32,
+        tuning: OpenTuning,
     ) -> Result<LogEngine> {
+        let OpenTuning {
+            hash_mask,
+            indexer_threads,
+        } = tuning;
         let lock = lock_dir(&*fs, dir)?;
         let shards = config.shard_count();
         let opened_at = config.clock.now();
@@ -101,6 +125,7 @@ impl LogEngine {
             segment_size,
             disk_budget: config.disk_budget,
             sync,
+            indexer_threads,
         })?;
         let (log, kicked) = Log::new(
             LogSettings {
@@ -371,9 +396,12 @@ mod tests {
             .segment_size(4096)
             .build();
         let hasher = IdentityHasher::new();
+        let tuning = OpenTuning {
+            hash_mask: 0,
+            ..OpenTuning::DEFAULT
+        };
         let engine =
-            LogEngine::open_with_hash_mask(dir, &config, Arc::new(OsFileSystem), &hasher, 0)
-                .unwrap();
+            LogEngine::open_tuned(dir, &config, Arc::new(OsFileSystem), &hasher, tuning).unwrap();
         Store::with_engine_and_hasher(Box::new(engine), "log", config, hasher)
     }
 
@@ -422,5 +450,81 @@ mod tests {
         assert_eq!(store.stats().live_records, 26);
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn open_store(dir: &Path, config: &Config, indexer_threads: bool) -> Store {
+        let hasher = IdentityHasher::new();
+        let tuning = OpenTuning {
+            indexer_threads,
+            ..OpenTuning::DEFAULT
+        };
+        let engine =
+            LogEngine::open_tuned(dir, config, Arc::new(OsFileSystem), &hasher, tuning).unwrap();
+        Store::with_engine_and_hasher(Box::new(engine), "log", config.clone(), hasher)
+    }
+
+    #[test]
+    fn recovery_without_indexer_threads_rebuilds_the_same_index() {
+        // The path taken when no indexer thread can be started: the scan
+        // applies every batch itself, read-backs of old versions included.
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::builder()
+            .clock(ManualClock::new(Timestamp::from_millis(1_000_000)))
+            .durability(Durability::None)
+            .maintenance_interval(None)
+            .keep_leases_on_open(true)
+            .segment_size(1 << 20)
+            .ttl(Duration::from_secs(3600))
+            .build();
+        let key = |k: &str| IdempotencyKey::new("t", k).unwrap();
+        let fp = Fingerprint::of_bytes(b"body");
+        let pairs = 20_000;
+        {
+            let store = open_store(dir.path(), &config, true);
+            // Its completion lands ~40 k frames later: beyond the batches an
+            // indexer keeps, so the reservation is read back to match it.
+            let Outcome::Acquired(far) = store.reserve(&key("far"), &fp).unwrap() else {
+                panic!("a fresh key was not acquired")
+            };
+            for i in 0..pairs {
+                let Outcome::Acquired(r) = store.reserve(&key(&format!("k{i}")), &fp).unwrap()
+                else {
+                    panic!("k{i} was not acquired")
+                };
+                match i % 100 {
+                    0 => drop(r.into_lease()), // left in flight
+                    1 => r.release().unwrap(), // removed: a tombstone
+                    _ => r.complete(format!("r{i}").into_bytes()).unwrap(),
+                }
+            }
+            far.complete(b"far response".to_vec()).unwrap();
+            store.flush().unwrap();
+        }
+        let threaded = open_store(dir.path(), &config, true).stats();
+        let store = open_store(dir.path(), &config, false);
+        let stats = store.stats();
+        // 200 released, 200 in flight, the rest and `far` completed.
+        assert_eq!(stats.live_records, pairs as u64 - 200 + 1);
+        assert_eq!(stats.in_flight, 200);
+        assert_eq!(
+            (stats.live_records, stats.in_flight),
+            (threaded.live_records, threaded.in_flight)
+        );
+        match store.reserve(&key("far"), &fp).unwrap() {
+            Outcome::Replay(r) => assert_eq!(&r.response[..], b"far response"),
+            other => panic!("far: got {other:?}"),
+        }
+        for i in (0..pairs).step_by(7) {
+            let found = store.lookup(&key(&format!("k{i}"))).unwrap();
+            match (i % 100, found) {
+                (0, Some(r)) => assert!(r.is_in_flight(), "k{i}"),
+                (1, None) => {}
+                (_, Some(r)) => assert_eq!(
+                    r.response().map(|b| &b[..]),
+                    Some(format!("r{i}").as_bytes())
+                ),
+                (_, other) => panic!("k{i}: got {other:?}"),
+            }
+        }
     }
 }

@@ -42,6 +42,10 @@ pub(crate) struct Params<'a> {
     pub(crate) segment_size: u64,
     pub(crate) disk_budget: Option<u64>,
     pub(crate) sync: bool,
+    /// Whether the index is built on threads beside the scan. When false,
+    /// or when no thread can be started, the scan indexes every frame
+    /// itself; tests turn it off to cover that path.
+    pub(crate) indexer_threads: bool,
 }
 
 /// The opened directory.
@@ -393,21 +397,24 @@ fn scan_once(p: &Params<'_>) -> Result<Option<Opened>> {
         let mut threads = Vec::with_capacity(lanes);
         for lane in 0..lanes {
             let (tx, rx) = crossbeam_channel::bounded::<Batch>(4);
-            let spawned = std::thread::Builder::new()
-                .name("idemlog-recovery".into())
-                .spawn_scoped(scope, move || -> Result<Indexer<'_>> {
-                    let mut ix = Indexer::new(segs_ref, p, lane, lanes);
-                    for batch in rx {
-                        ix.apply(batch)?;
-                    }
-                    Ok(ix)
-                });
+            let spawned = p.indexer_threads.then(|| {
+                std::thread::Builder::new()
+                    .name("idemlog-recovery".into())
+                    .spawn_scoped(scope, move || -> Result<Indexer<'_>> {
+                        let mut ix = Indexer::new(segs_ref, p, lane, lanes);
+                        for batch in rx {
+                            ix.apply(batch)?;
+                        }
+                        Ok(ix)
+                    })
+            });
             let sink = match spawned {
-                Ok(t) => {
+                Some(Ok(t)) => {
                     threads.push((lane, t));
                     Sink::Thread(tx)
                 }
-                Err(_) => Sink::Inline(Indexer::new(segs_ref, p, lane, lanes)),
+                // Slower, not wrong: the same indexer, on this thread.
+                Some(Err(_)) | None => Sink::Inline(Indexer::new(segs_ref, p, lane, lanes)),
             };
             st.lanes.push(Lane {
                 batch: Batch::default(),
