@@ -21,7 +21,10 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use idemlog::{Backend, Bytes, Config, Durability, Fingerprint, Outcome, ReserveOptions, Store};
+use idemlog::{
+    Backend, Bytes, Config, Durability, Fingerprint, ManualClock, Outcome, ReserveOptions, Store,
+    Timestamp,
+};
 
 use common::{key_str, KeyGen, KEY_LEN, SCOPE};
 
@@ -447,6 +450,52 @@ fn idemlog_pairs_row<'a>(
         let disk = common::disk_bytes(dir.path());
         m.disk_bytes_per_op = (disk > 0).then(|| disk as f64 / m.ops as f64);
         drop(store);
+        Ok(m)
+    })
+}
+
+/// The in-memory store in its steady state, where records expire and the
+/// next ones reuse their memory, as in a server that has run longer than
+/// its TTL. A fill pass (half as long again as the measured one) makes
+/// records; the store's clock then moves past their TTL and one
+/// maintenance pass removes them all; the measured pass makes fresh
+/// records in the freed memory. Its gap to the growing row above is what
+/// first writes to new pages cost (the `first-touch` row).
+fn idemlog_recycled_row<'a>(id: &'static str, threads: usize, opts: &'a Options) -> Planned<'a> {
+    let mut seed = 2_000;
+    let name = "idemlog in-memory, memory recycled";
+    plan(id, PAIR, name, threads, move || {
+        seed += 2;
+        let clock = ManualClock::new(Timestamp::from_millis(1_700_000_000_000));
+        let config = Config::builder()
+            .clock(clock.clone())
+            .maintenance_interval(None)
+            .build();
+        let forget_after = config.ttl + config.lease + Duration::from_secs(1);
+        let store = Store::in_memory(config);
+        let fill = Options {
+            secs: opts.secs * 1.5,
+            only: Vec::new(),
+            ..*opts
+        };
+        let filled = drive(threads, &fill, &Keys::Fresh { seed }, 1, |_| {
+            Ok(idemlog_pair(store.clone()))
+        })?;
+        clock.advance(forget_after);
+        let removed = store.run_maintenance().map_err(|e| e.to_string())?;
+        if removed.expired != filled.ops || store.stats().live_records != 0 {
+            return Err(format!(
+                "the fill pass made {} records but maintenance removed {} ({} left)",
+                filled.ops,
+                removed.expired,
+                store.stats().live_records
+            ));
+        }
+        let rss_before = common::rss_bytes();
+        let mut m = drive(threads, opts, &Keys::Fresh { seed: seed + 1 }, 1, |_| {
+            Ok(idemlog_pair(store.clone()))
+        })?;
+        m.rss_bytes_per_op = per_op(rss_before, common::rss_bytes(), m.ops);
         Ok(m)
     })
 }
@@ -1322,6 +1371,7 @@ fn main() {
     let mut planned = vec![
         idemlog_pairs_row("mem-1", &memory, 1, &opts),
         idemlog_pairs_row("mem-2", &memory, 2, &opts),
+        idemlog_recycled_row("mem-2-recycled", 2, &opts),
         idemlog_replay_row("replay-2", &memory, 2, &opts),
         idemlog_replay_row("replay-durable-2", &durable_sync, 2, &opts),
         harness_row(&opts),
@@ -1410,6 +1460,7 @@ fn main() {
     println!("  * One request = reserve (insert-if-absent of an in-flight record) + complete (300-byte response), fresh 32-byte random key; ops/s for those rows are pairs/s.");
     println!("  * Latency columns: whole request (p50/p99) and its reserve step alone (rsv); for the batched disk rows one call is one batch (one write + one fdatasync).");
     println!("  * first write to a fresh 4 KiB page: what each page of new memory costs this machine (page fault + zeroing; under a hypervisor possibly a host fault too). Rows that keep every record in memory grow by ~640 B per pair (in-memory) and the page cache by ~600 B per pair (durable): their throughput and p99 include this cost.");
+    println!("  * in-memory, memory recycled: the 2-thread in-memory row in its steady state. A fill pass makes records, the store's clock moves past their TTL, one maintenance pass removes them, and the measured pass makes fresh records in the freed memory (RAM B/op ≈ 0), as in a server that has run longer than its TTL.");
     println!(
         "  * Disk limit: one writer overwriting a preallocated, zero-filled {} MiB file from offset 0; reserve record {RESERVE_RECORD_BYTES} B + complete record {COMPLETE_RECORD_BYTES} B = {PAIR_BYTES} B per pair. \
          Batch 1 = each record followed by its own fdatasync (2 syncs per pair, reported as pairs/s); batch 64 = 64 records (32 pairs) per write + fdatasync, the most 64 Sync callers can hand one sync (each waits for its reserve before it completes); batch 128 = 64 pairs per sync, for context. \
