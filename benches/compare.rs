@@ -106,6 +106,11 @@ struct Measured {
     /// in-process systems it is the cost of an operation regardless of what
     /// else the machine runs; for Redis it is the client side only.
     cpu_us_per_op: Option<f64>,
+    /// CPU time of the whole bench process per operation: the callers plus
+    /// the threads the system under test runs itself (idemlog's writer and
+    /// maintenance threads, sled's flusher, an async runtime's workers),
+    /// which compete for the same cores. Redis: the client side only.
+    process_cpu_us_per_op: Option<f64>,
 }
 
 /// One request function: does the request for `key` and returns the instant
@@ -139,6 +144,7 @@ where
         ),
         String,
     >;
+    let process_cpu_start = common::process_cpu_secs();
     let results: Vec<ThreadResult> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|i| {
@@ -194,6 +200,9 @@ where
             })
             .collect()
     });
+    let process_cpu = common::process_cpu_secs()
+        .zip(process_cpu_start)
+        .map(|(end, start)| end - start);
     let mut total =
         Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).map_err(|e| e.to_string())?;
     let mut reserve =
@@ -226,6 +235,7 @@ where
         rss_bytes_per_op: None,
         disk_bytes_per_op: None,
         cpu_us_per_op: cpu.map(|c| c * 1e6 / ops.max(1) as f64),
+        process_cpu_us_per_op: process_cpu.map(|c| c * 1e6 / ops.max(1) as f64),
     })
 }
 
@@ -608,6 +618,7 @@ fn idemlog_async_row<'a>(
             rss_bytes_per_op: None,
             disk_bytes_per_op: (disk > 0).then(|| disk as f64 / calls.max(1) as f64),
             cpu_us_per_op: cpu.map(|c| c * 1e6 / calls.max(1) as f64),
+            process_cpu_us_per_op: cpu.map(|c| c * 1e6 / calls.max(1) as f64),
         })
     })
 }
@@ -1135,7 +1146,7 @@ fn redis_row<'a>(id: &'static str, appendfsync_always: bool, opts: &'a Options) 
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<18} {:<38} {:>7} {:>13} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9}",
+        "{:<18} {:<38} {:>7} {:>13} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9} {:>9}",
         "workload",
         "system",
         "threads",
@@ -1145,15 +1156,16 @@ fn print_table(rows: &[Row]) {
         "rsv p50",
         "rsv p99",
         "CPU µs/op",
+        "proc µs/op",
         "RAM B/op",
         "disk B/op"
     );
-    println!("{}", "-".repeat(152));
+    println!("{}", "-".repeat(163));
     let opt = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
     for r in rows {
         match &r.result {
             Ok(m) => println!(
-                "{:<18} {:<38} {:>7} {:>13} {:>9.2} {:>9.2} {:>9} {:>9} {:>8} {:>9} {:>9}",
+                "{:<18} {:<38} {:>7} {:>13} {:>9.2} {:>9.2} {:>9} {:>9} {:>8} {:>9} {:>9} {:>9}",
                 r.workload,
                 r.system,
                 r.threads,
@@ -1163,6 +1175,7 @@ fn print_table(rows: &[Row]) {
                 opt(m.reserve_p50_us, 2),
                 opt(m.reserve_p99_us, 2),
                 opt(m.cpu_us_per_op, 2),
+                opt(m.process_cpu_us_per_op, 2),
                 opt(m.rss_bytes_per_op, 0),
                 opt(m.disk_bytes_per_op, 0),
             ),
@@ -1201,6 +1214,7 @@ fn write_jsonl(
                     "reserve_p50_us": m.reserve_p50_us,
                     "reserve_p99_us": m.reserve_p99_us,
                     "cpu_us_per_op": m.cpu_us_per_op,
+                    "process_cpu_us_per_op": m.process_cpu_us_per_op,
                     "rss_bytes_per_op": m.rss_bytes_per_op.map(f64::round),
                     "disk_bytes_per_op": m.disk_bytes_per_op.map(f64::round),
                 });
@@ -1471,7 +1485,7 @@ fn main() {
     println!("  * idemlog durable rows: disk B/op includes the preallocated 64 MiB segment, so rows with few operations (Sync 1) show large figures; footprint.rs measures bytes per record.");
     println!("  * Sync, async tasks: 64 tokio tasks on a runtime with one worker per core, requests through the Backend trait (as the HTTP layer makes them); a task's fdatasync wait is a future, so no OS thread per caller. Its CPU µs/op is the whole process's (workers and the writer thread).");
     println!("  * Redis: {REDIS_CONNECTIONS} client threads, one connection each, one request at a time per connection (no pipelining); SET key v NX PX {LEASE_TTL_MS} then SET key v XX. Client and server share the machine's cores.");
-    println!("  * CPU µs/op = CPU time (user + system) of the bench threads per operation: what an operation costs whatever else the machine runs (Redis rows: the client side only).");
+    println!("  * CPU µs/op = CPU time (user + system) of the bench threads per operation: what an operation costs whatever else the machine runs (Redis rows: the client side only). proc µs/op = the whole process's, which adds the threads the system runs itself (idemlog's writer and maintenance threads, sled's flusher) competing for the same cores; for the async row both are the process's.");
     println!("  * RAM B/op = growth of the resident set of the process holding the data (Redis: the server) per request; allocator reuse makes it approximate — benches/footprint.rs measures it carefully.");
     println!("  * The machine's cores are shared with other work: figures are noisy, ratios within one run are what count.");
     print_targets(&rows);
