@@ -80,7 +80,10 @@ pub struct Config {
     pub clock: Arc<dyn Clock>,
     /// How often the background thread expires records and reclaims space;
     /// `None` runs no thread (call [`Store::run_maintenance`](crate::Store::run_maintenance)).
-    /// Default 1 s.
+    /// Default 1 s. After a pass that took long (a pass scans the whole
+    /// index), the thread waits 15 times the pass's duration if that is
+    /// longer, so maintenance takes at most 1/16 of a core.
+    /// Expiry stays exact at read time; only space comes back later.
     pub maintenance_interval: Option<Duration>,
     /// Number of index shards, rounded up to a power of two (default 64).
     pub shards: usize,
@@ -187,7 +190,8 @@ impl ConfigBuilder {
         self.0.clock = Arc::new(clock);
         self
     }
-    /// How often background maintenance runs; `None` for no thread.
+    /// How often background maintenance runs (at most 1/16 of a core's
+    /// time; see [`Config::maintenance_interval`]); `None` for no thread.
     pub fn maintenance_interval(mut self, every: Option<Duration>) -> Self {
         self.0.maintenance_interval = every;
         self
