@@ -395,7 +395,7 @@ fn main() {
     println!(
         "RAM B/record = growth of the measuring process's resident set (VmRSS) over the load / records; \
          the in-memory store keeps each response in RAM, so it includes the {} B response. \
-         maintenance ms = one expiry pass with nothing expired (the background thread runs one per interval, default 1 s). \
+         maintenance ms = one expiry pass with nothing expired (the background thread runs one per interval, default 1 s, or after 15 times the last pass if that is longer). \
          Framed log bytes per pair for these records: reserve {} B + complete {} B.",
         opts.response_bytes,
         common::RESERVE_FRAME_LEN,
