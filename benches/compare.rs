@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use idemlog::{
-    Backend, Bytes, Config, Durability, Fingerprint, ManualClock, Outcome, ReserveOptions, Store,
-    Timestamp,
+    Backend, Bytes, Config, Durability, Fingerprint, ManualClock, Outcome, ReserveOptions, Stats,
+    Store, Timestamp,
 };
 
 use common::{key_str, KeyGen, KEY_LEN, SCOPE};
@@ -111,6 +111,9 @@ struct Measured {
     /// maintenance threads, sled's flusher, an async runtime's workers),
     /// which compete for the same cores. Redis: the client side only.
     process_cpu_us_per_op: Option<f64>,
+    /// Records each fdatasync made durable, on average over the run: how
+    /// well the group commit gathered (idemlog durable rows that sync).
+    records_per_sync: Option<f64>,
 }
 
 /// One request function: does the request for `key` and returns the instant
@@ -236,6 +239,7 @@ where
         disk_bytes_per_op: None,
         cpu_us_per_op: cpu.map(|c| c * 1e6 / ops.max(1) as f64),
         process_cpu_us_per_op: process_cpu.map(|c| c * 1e6 / ops.max(1) as f64),
+        records_per_sync: None,
     })
 }
 
@@ -440,6 +444,14 @@ fn idemlog_pair(store: Store) -> Request<'static> {
     })
 }
 
+/// Records per fdatasync between two readings of a store's figures; `None`
+/// when it made no sync (in memory, `None` durability).
+fn records_per_sync(before: &Stats, after: &Stats) -> Option<f64> {
+    let syncs = after.syncs.saturating_sub(before.syncs);
+    let records = after.records_synced.saturating_sub(before.records_synced);
+    (syncs > 0).then(|| records as f64 / syncs as f64)
+}
+
 fn idemlog_pairs_row<'a>(
     id: &'static str,
     system: &'a IdemlogSystem,
@@ -452,9 +464,12 @@ fn idemlog_pairs_row<'a>(
         let dir = common::scratch_dir("idemlog-").map_err(|e| e.to_string())?;
         let store = (system.make)(dir.path())?;
         let rss_before = common::rss_bytes();
+        let stats_before = store.stats();
         let mut m = drive(threads, opts, &Keys::Fresh { seed }, 1, |_| {
             Ok(idemlog_pair(store.clone()))
         })?;
+        // Before the flush, whose sync the requests did not wait for.
+        m.records_per_sync = records_per_sync(&stats_before, &store.stats());
         store.flush().map_err(|e| e.to_string())?;
         m.rss_bytes_per_op = per_op(rss_before, common::rss_bytes(), m.ops);
         let disk = common::disk_bytes(dir.path());
@@ -535,6 +550,7 @@ fn idemlog_async_row<'a>(
             .map_err(|e| e.to_string())?;
         let budget = Duration::from_secs_f64(opts.secs);
         let max_calls = opts.max_calls;
+        let stats_before = store.stats();
         let cpu_start = common::process_cpu_secs();
         let started = Instant::now();
         // Per task: requests made, whole-request and reserve latencies.
@@ -597,6 +613,7 @@ fn idemlog_async_row<'a>(
         let cpu = common::process_cpu_secs()
             .zip(cpu_start)
             .map(|(end, start)| end - start);
+        let stats_after = store.stats();
         drop(runtime);
         let (mut total, mut reserve, mut calls) = (histogram()?, histogram()?, 0u64);
         for outcome in outcomes {
@@ -619,6 +636,7 @@ fn idemlog_async_row<'a>(
             disk_bytes_per_op: (disk > 0).then(|| disk as f64 / calls.max(1) as f64),
             cpu_us_per_op: cpu.map(|c| c * 1e6 / calls.max(1) as f64),
             process_cpu_us_per_op: cpu.map(|c| c * 1e6 / calls.max(1) as f64),
+            records_per_sync: records_per_sync(&stats_before, &stats_after),
         })
     })
 }
@@ -1187,6 +1205,24 @@ fn print_table(rows: &[Row]) {
     }
 }
 
+/// One note line: how many records each fdatasync carried in the rows
+/// that sync (the group commit at work).
+fn print_records_per_sync(rows: &[Row]) {
+    let figures: Vec<String> = rows
+        .iter()
+        .filter_map(|r| {
+            let per_sync = r.result.as_ref().ok()?.records_per_sync?;
+            Some(format!("{} × {}: {per_sync:.1}", r.system, r.threads))
+        })
+        .collect();
+    if !figures.is_empty() {
+        println!(
+            "  * records per fdatasync (idemlog rows that sync; a pair is 2 records): {}.",
+            figures.join("; ")
+        );
+    }
+}
+
 fn write_jsonl(
     rows: &[Row],
     opts: &Options,
@@ -1215,6 +1251,7 @@ fn write_jsonl(
                     "reserve_p99_us": m.reserve_p99_us,
                     "cpu_us_per_op": m.cpu_us_per_op,
                     "process_cpu_us_per_op": m.process_cpu_us_per_op,
+                    "records_per_sync": m.records_per_sync,
                     "rss_bytes_per_op": m.rss_bytes_per_op.map(f64::round),
                     "disk_bytes_per_op": m.disk_bytes_per_op.map(f64::round),
                 });
@@ -1484,6 +1521,7 @@ fn main() {
     println!("  * sled's flush() uses sync_file_range (plus fsync of its own metadata only when needed), which is weaker than fdatasync: it does not flush the disk's write cache or file metadata.");
     println!("  * idemlog durable rows: disk B/op includes the preallocated 64 MiB segment, so rows with few operations (Sync 1) show large figures; footprint.rs measures bytes per record.");
     println!("  * Sync, async tasks: 64 tokio tasks on a runtime with one worker per core, requests through the Backend trait (as the HTTP layer makes them); a task's fdatasync wait is a future, so no OS thread per caller. Its CPU µs/op is the whole process's (workers and the writer thread).");
+    print_records_per_sync(&rows);
     println!("  * Redis: {REDIS_CONNECTIONS} client threads, one connection each, one request at a time per connection (no pipelining); SET key v NX PX {LEASE_TTL_MS} then SET key v XX. Client and server share the machine's cores.");
     println!("  * CPU µs/op = CPU time (user + system) of the bench threads per operation: what an operation costs whatever else the machine runs (Redis rows: the client side only). proc µs/op = the whole process's, which adds the threads the system runs itself (idemlog's writer and maintenance threads, sled's flusher) competing for the same cores; for the async row both are the process's.");
     println!("  * RAM B/op = growth of the resident set of the process holding the data (Redis: the server) per request; allocator reuse makes it approximate — benches/footprint.rs measures it carefully.");
