@@ -387,6 +387,14 @@ mod tests {
     use crate::identity::IdempotencyKey;
     use crate::store::{Outcome, Store};
 
+    /// A store on the log engine opened with `tuning`.
+    fn tuned_store(dir: &Path, config: &Config, tuning: OpenTuning) -> Store {
+        let hasher = IdentityHasher::new();
+        let engine =
+            LogEngine::open_tuned(dir, config, Arc::new(OsFileSystem), &hasher, tuning).unwrap();
+        Store::with_engine_and_hasher(Box::new(engine), "log", config.clone(), hasher)
+    }
+
     /// A store whose index keeps no hash bits: every identity collides.
     fn colliding_store(dir: &Path, clock: &ManualClock) -> Store {
         let config = Config::builder()
@@ -395,14 +403,11 @@ mod tests {
             .shards(1)
             .segment_size(4096)
             .build();
-        let hasher = IdentityHasher::new();
         let tuning = OpenTuning {
             hash_mask: 0,
             ..OpenTuning::DEFAULT
         };
-        let engine =
-            LogEngine::open_tuned(dir, &config, Arc::new(OsFileSystem), &hasher, tuning).unwrap();
-        Store::with_engine_and_hasher(Box::new(engine), "log", config, hasher)
+        tuned_store(dir, &config, tuning)
     }
 
     #[test]
@@ -453,14 +458,11 @@ mod tests {
     }
 
     fn open_store(dir: &Path, config: &Config, indexer_threads: bool) -> Store {
-        let hasher = IdentityHasher::new();
         let tuning = OpenTuning {
             indexer_threads,
             ..OpenTuning::DEFAULT
         };
-        let engine =
-            LogEngine::open_tuned(dir, config, Arc::new(OsFileSystem), &hasher, tuning).unwrap();
-        Store::with_engine_and_hasher(Box::new(engine), "log", config.clone(), hasher)
+        tuned_store(dir, config, tuning)
     }
 
     #[test]
