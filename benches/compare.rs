@@ -10,6 +10,7 @@
 //! what each row means.
 
 mod common;
+mod floor;
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -542,105 +543,200 @@ fn idemlog_async_row<'a>(
         seed += 1;
         let dir = common::scratch_dir("idemlog-async-").map_err(|e| e.to_string())?;
         let store = (system.make)(dir.path())?;
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        let budget = Duration::from_secs_f64(opts.secs);
-        let max_calls = opts.max_calls;
         let stats_before = store.stats();
-        let cpu_start = common::process_cpu_secs();
-        let started = Instant::now();
-        // Per task: requests made, whole-request and reserve latencies.
-        type TaskResult = Result<(u64, Histogram<u64>, Histogram<u64>), String>;
-        let outcomes: Vec<TaskResult> = runtime.block_on(async {
-            let handles: Vec<_> = (0..tasks)
-                .map(|i| {
-                    let store = store.clone();
-                    tokio::spawn(async move {
-                        let mut gen = KeyGen::new(seed * 1_000_003 + i as u64);
-                        let fp = bench_fingerprint();
-                        let response = Bytes::from(common::response());
-                        let mut total = histogram()?;
-                        let mut reserve = histogram()?;
-                        let deadline = Instant::now() + budget;
-                        let mut calls = 0u64;
-                        loop {
-                            let k = gen.next_key();
-                            let t0 = Instant::now();
-                            let key = store.key(SCOPE, key_str(&k)).map_err(|e| e.to_string())?;
-                            let lease = match Backend::reserve(
-                                &store,
-                                &key,
-                                &fp,
-                                ReserveOptions::default(),
-                            )
-                            .await
-                            .map_err(|e| e.to_string())?
-                            {
-                                Outcome::Acquired(lease) => lease,
-                                other => {
-                                    return Err(format!("a fresh key was not acquired: {other:?}"))
-                                }
-                            };
-                            let reserved = Instant::now();
-                            Backend::complete(&store, &lease, response.clone())
-                                .await
-                                .map_err(|e| e.to_string())?;
-                            let t1 = Instant::now();
-                            total.saturating_record(nanos(t1 - t0));
-                            reserve.saturating_record(nanos(reserved - t0));
-                            calls += 1;
-                            if calls >= max_calls || t1 >= deadline {
-                                return Ok((calls, total, reserve));
-                            }
-                        }
-                    })
-                })
-                .collect();
-            let mut outcomes = Vec::new();
-            for h in handles {
-                outcomes.push(
-                    h.await
-                        .unwrap_or_else(|e| Err(format!("a task failed: {e}"))),
-                );
-            }
-            outcomes
-        });
-        let secs = started.elapsed().as_secs_f64().max(1e-9);
-        let cpu = common::process_cpu_secs()
-            .zip(cpu_start)
-            .map(|(end, start)| end - start);
-        let stats_after = store.stats();
-        drop(runtime);
-        let (mut total, mut reserve, mut calls) = (histogram()?, histogram()?, 0u64);
-        for outcome in outcomes {
-            let (n, t, r) = outcome?;
-            calls += n;
-            total.add(&t).map_err(|e| e.to_string())?;
-            reserve.add(&r).map_err(|e| e.to_string())?;
-        }
+        let mut m = drive_async(tasks, opts, seed, |_| IdemlogPairs {
+            store: store.clone(),
+            fingerprint: bench_fingerprint(),
+            response: Bytes::from(common::response()),
+        })?;
+        m.records_per_sync = records_per_sync(&stats_before, &store.stats());
         store.flush().map_err(|e| e.to_string())?;
         let disk = common::disk_bytes(dir.path());
-        let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-        let process_cpu_us = cpu.map(|c| c * 1e6 / calls.max(1) as f64);
-        Ok(Measured {
-            ops_per_s: calls as f64 / secs,
-            ops: calls,
-            p50_us: us(&total, 0.5),
-            p99_us: us(&total, 0.99),
-            reserve_p50_us: Some(us(&reserve, 0.5)),
-            reserve_p99_us: Some(us(&reserve, 0.99)),
-            rss_bytes_per_op: None,
-            disk_bytes_per_op: (disk > 0).then(|| disk as f64 / calls.max(1) as f64),
-            // The tasks run on the runtime's workers: the process's CPU
-            // is the only figure, for both columns.
-            cpu_us_per_op: process_cpu_us,
-            process_cpu_us_per_op: process_cpu_us,
-            records_per_sync: records_per_sync(&stats_before, &stats_after),
-        })
+        m.disk_bytes_per_op = (disk > 0).then(|| disk as f64 / m.ops.max(1) as f64);
+        Ok(m)
+    })
+}
+
+/// The group-commit floor (benches/floor): the async row's tasks, timing
+/// and runtime around a log that only appends, writes and syncs, on a file
+/// prepared like the disk rows'. Its gap to the disk's batch-64 row is what
+/// 64 tasks' turnaround between two syncs costs on this machine whatever
+/// the store; the async row's gap to it is the store's own work.
+fn group_commit_floor_row(tasks: usize, opts: &Options) -> Planned<'_> {
+    let mut seed = 2_000;
+    plan(
+        "floor-async-64",
+        PAIR,
+        "group-commit floor, async tasks",
+        tasks,
+        move || {
+            seed += 1;
+            let dir = common::scratch_dir("floor-").map_err(|e| e.to_string())?;
+            let file = preallocated_file(dir.path()).map_err(|e| e.to_string())?;
+            let log = Arc::new(floor::FloorLog::new(tasks));
+            let syncer = {
+                let log = Arc::clone(&log);
+                std::thread::spawn(move || log.run_syncer(&file, DISK_FILE_BYTES))
+            };
+            let (reserve, complete) = (
+                record_bytes(RESERVE_RECORD_BYTES, 0x5A),
+                record_bytes(COMPLETE_RECORD_BYTES, 0xC3),
+            );
+            let measured = drive_async(tasks, opts, seed, |_| FloorPairs {
+                log: floor::FloorLog::member(&log),
+                reserve: reserve.clone(),
+                complete: complete.clone(),
+            });
+            let synced = syncer
+                .join()
+                .map_err(|_| "the syncing thread panicked".to_string())?
+                .map_err(|e| format!("the syncing thread: {e}"))?;
+            let mut m = measured?;
+            m.disk_bytes_per_op = Some(PAIR_BYTES as f64);
+            m.records_per_sync =
+                (synced.syncs > 0).then(|| synced.records as f64 / synced.syncs as f64);
+            Ok(m)
+        },
+    )
+}
+
+/// One async task's requests, for [`drive_async`].
+trait AsyncPairs: Send + 'static {
+    /// Makes the request for `key` (reserve, then complete) and returns
+    /// when its reserve step finished.
+    fn pair(
+        &mut self,
+        key: [u8; KEY_LEN],
+    ) -> impl std::future::Future<Output = Result<Instant, String>> + Send + '_;
+}
+
+/// idemlog through the `Backend` trait, as the HTTP layer calls it.
+struct IdemlogPairs {
+    store: Store,
+    fingerprint: Fingerprint,
+    response: Bytes,
+}
+
+impl AsyncPairs for IdemlogPairs {
+    async fn pair(&mut self, k: [u8; KEY_LEN]) -> Result<Instant, String> {
+        let store = &self.store;
+        let key = store.key(SCOPE, key_str(&k)).map_err(|e| e.to_string())?;
+        let options = ReserveOptions::default();
+        let lease = match Backend::reserve(store, &key, &self.fingerprint, options)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Outcome::Acquired(lease) => lease,
+            other => return Err(format!("a fresh key was not acquired: {other:?}")),
+        };
+        let reserved = Instant::now();
+        Backend::complete(store, &lease, self.response.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(reserved)
+    }
+}
+
+/// The floor's log: each record's bytes appended, then the wait for its
+/// sync.
+struct FloorPairs {
+    log: floor::Member,
+    reserve: Vec<u8>,
+    complete: Vec<u8>,
+}
+
+impl AsyncPairs for FloorPairs {
+    async fn pair(&mut self, k: [u8; KEY_LEN]) -> Result<Instant, String> {
+        let log = &self.log;
+        log.durable(log.append(&self.reserve, &k)).await;
+        let reserved = Instant::now();
+        log.durable(log.append(&self.complete, &k)).await;
+        Ok(reserved)
+    }
+}
+
+/// Runs `tasks` tokio tasks on a multi-threaded runtime with one worker per
+/// core, task `i` making requests through `make(i)` on fresh keys until the
+/// run's time or request budget is spent. CPU µs/op is the whole
+/// process's (the runtime's workers and any thread of the system under
+/// test), for both columns.
+fn drive_async<P: AsyncPairs>(
+    tasks: usize,
+    opts: &Options,
+    seed: u64,
+    make: impl Fn(usize) -> P,
+) -> Result<Measured, String> {
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let budget = Duration::from_secs_f64(opts.secs);
+    let max_calls = opts.max_calls;
+    let cpu_start = common::process_cpu_secs();
+    let started = Instant::now();
+    // Per task: requests made, whole-request and reserve latencies.
+    type TaskResult = Result<(u64, Histogram<u64>, Histogram<u64>), String>;
+    let outcomes: Vec<TaskResult> = runtime.block_on(async {
+        let handles: Vec<_> = (0..tasks)
+            .map(|i| {
+                let mut pairs = make(i);
+                tokio::spawn(async move {
+                    let mut gen = KeyGen::new(seed * 1_000_003 + i as u64);
+                    let (mut total, mut reserve) = (histogram()?, histogram()?);
+                    let deadline = Instant::now() + budget;
+                    let mut calls = 0u64;
+                    loop {
+                        let k = gen.next_key();
+                        let t0 = Instant::now();
+                        let reserved = pairs.pair(k).await?;
+                        let t1 = Instant::now();
+                        total.saturating_record(nanos(t1 - t0));
+                        reserve.saturating_record(nanos(reserved - t0));
+                        calls += 1;
+                        if calls >= max_calls || t1 >= deadline {
+                            return Ok((calls, total, reserve));
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for h in handles {
+            outcomes.push(
+                h.await
+                    .unwrap_or_else(|e| Err(format!("a task failed: {e}"))),
+            );
+        }
+        outcomes
+    });
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    let cpu = common::process_cpu_secs()
+        .zip(cpu_start)
+        .map(|(end, start)| end - start);
+    drop(runtime);
+    let (mut total, mut reserve, mut calls) = (histogram()?, histogram()?, 0u64);
+    for outcome in outcomes {
+        let (n, t, r) = outcome?;
+        calls += n;
+        total.add(&t).map_err(|e| e.to_string())?;
+        reserve.add(&r).map_err(|e| e.to_string())?;
+    }
+    let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let process_cpu_us = cpu.map(|c| c * 1e6 / calls.max(1) as f64);
+    Ok(Measured {
+        ops_per_s: calls as f64 / secs,
+        ops: calls,
+        p50_us: us(&total, 0.5),
+        p99_us: us(&total, 0.99),
+        reserve_p50_us: Some(us(&reserve, 0.5)),
+        reserve_p99_us: Some(us(&reserve, 0.99)),
+        rss_bytes_per_op: None,
+        disk_bytes_per_op: None,
+        cpu_us_per_op: process_cpu_us,
+        process_cpu_us_per_op: process_cpu_us,
+        records_per_sync: None,
     })
 }
 
@@ -1220,7 +1316,7 @@ fn print_records_per_sync(rows: &[Row]) {
         .collect();
     if !figures.is_empty() {
         println!(
-            "  * records per fdatasync (idemlog rows that sync; a pair is 2 records): {}.",
+            "  * records per fdatasync (rows that sync through a group commit; a pair is 2 records): {}.",
             figures.join("; ")
         );
     }
@@ -1385,6 +1481,26 @@ fn print_targets(rows: &[Row]) {
         };
         println!("  {name:<45} {want:>14}   measured {got:>14}   {verdict}");
     }
+    // What bounds the Sync-64 target on this machine: the same tasks around
+    // a log with no store (benches/floor), against the disk and against
+    // idemlog.
+    let bounds = [
+        (
+            "group-commit floor / disk batch-64",
+            ratio("floor-async-64", "disk-64"),
+        ),
+        (
+            "Sync 64 async tasks / group-commit floor",
+            ratio("sync-64-async", "floor-async-64"),
+        ),
+    ];
+    if bounds.iter().any(|(_, v)| v.is_some()) {
+        println!("Bounds (64 async tasks, no store; not targets):");
+        for (name, value) in bounds {
+            let got = value.map_or("not measured".to_string(), |v| format!("{}×", fmt_num(v)));
+            println!("  {name:<45} {:>14}   measured {got:>14}", "");
+        }
+    }
 }
 
 fn fmt_num(v: f64) -> String {
@@ -1436,6 +1552,7 @@ fn main() {
         planned.push(idemlog_pairs_row(id, system, *threads, &opts));
     }
     planned.push(idemlog_async_row("sync-64-async", &durable_sync, 64, &opts));
+    planned.push(group_commit_floor_row(64, &opts));
 
     planned.push(disk_limit_row("disk-1", 1, DiskLayout::Written, &opts));
     planned.push(disk_limit_row("disk-64", 64, DiskLayout::Written, &opts));
@@ -1524,6 +1641,7 @@ fn main() {
     println!("  * sled's flush() uses sync_file_range (plus fsync of its own metadata only when needed), which is weaker than fdatasync: it does not flush the disk's write cache or file metadata.");
     println!("  * idemlog durable rows: disk B/op includes the preallocated 64 MiB segment, so rows with few operations (Sync 1) show large figures; footprint.rs measures bytes per record.");
     println!("  * Sync, async tasks: 64 tokio tasks on a runtime with one worker per core, requests through the Backend trait (as the HTTP layer makes them); a task's fdatasync wait is a future, so no OS thread per caller. Its CPU µs/op is the whole process's (workers and the writer thread).");
+    println!("  * group-commit floor: the same 64 tasks, runtime and timing around a log with no store (benches/floor): each task appends its record's bytes and waits; one thread gathers them as idemlog's Sync log does, writes them to a file prepared like the disk rows' and syncs. The most any store can reach with 64 async tasks on this machine.");
     print_records_per_sync(&rows);
     println!("  * Redis: {REDIS_CONNECTIONS} client threads, one connection each, one request at a time per connection (no pipelining); SET key v NX PX {LEASE_TTL_MS} then SET key v XX. Client and server share the machine's cores.");
     println!("  * CPU µs/op = CPU time (user + system) of the bench threads per operation: what an operation costs whatever else the machine runs (Redis rows: the client side only). proc µs/op = the whole process's, which adds the threads the system runs itself (idemlog's writer and maintenance threads, sled's flusher) competing for the same cores; for the async row both are the process's.");
