@@ -648,9 +648,9 @@ struct FloorPairs {
 impl AsyncPairs for FloorPairs {
     async fn pair(&mut self, k: [u8; KEY_LEN]) -> Result<Instant, String> {
         let log = &self.log;
-        log.durable(log.append(&self.reserve, &k)).await;
+        log.durable(log.append(&self.reserve, &k)).await?;
         let reserved = Instant::now();
-        log.durable(log.append(&self.complete, &k)).await;
+        log.durable(log.append(&self.complete, &k)).await?;
         Ok(reserved)
     }
 }

@@ -18,7 +18,7 @@ use std::future::Future;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::thread::Thread;
@@ -40,6 +40,9 @@ pub struct FloorLog {
     /// Records made durable so far (a record's sequence number is its
     /// position in append order, from 1).
     durable: AtomicU64,
+    /// Set when a write or sync failed: waits end with an error instead of
+    /// waiting forever.
+    failed: AtomicBool,
     syncer: OnceLock<Thread>,
 }
 
@@ -65,6 +68,7 @@ impl FloorLog {
                 active: tasks,
             }),
             durable: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
             syncer: OnceLock::new(),
         }
     }
@@ -108,9 +112,24 @@ impl FloorLog {
 
     /// The syncing thread's loop: gathers, writes at `offset` onwards in
     /// `file` (wrapping at `file_bytes`), syncs and wakes, until every task
-    /// has left.
+    /// has left. If a write or sync fails, every wait ends with an error.
     pub fn run_syncer(&self, file: &File, file_bytes: u64) -> io::Result<SyncFigures> {
         let _ = self.syncer.set(std::thread::current());
+        let result = self.sync_until_all_left(file, file_bytes);
+        if result.is_err() {
+            let waiting = {
+                let mut st = self.lock();
+                self.failed.store(true, Ordering::Release);
+                std::mem::take(&mut st.waiting)
+            };
+            for (_, waker) in waiting {
+                waker.wake();
+            }
+        }
+        result
+    }
+
+    fn sync_until_all_left(&self, file: &File, file_bytes: u64) -> io::Result<SyncFigures> {
         let mut figures = SyncFigures::default();
         let mut spare: Vec<u8> = Vec::with_capacity(1 << 16);
         let mut offset = 0u64;
@@ -185,18 +204,21 @@ pub struct Durable<'a> {
 }
 
 impl Future for Durable<'_> {
-    type Output = ();
+    type Output = Result<(), String>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         if this.log.durable.load(Ordering::Acquire) >= this.seq {
-            return Poll::Ready(());
+            return Poll::Ready(Ok(()));
         }
         let mut st = this.log.lock();
-        // Checked again under the lock the syncer takes to wake: no wake-up
-        // is lost.
+        // Checked again under the lock the syncer takes to wake or to fail:
+        // no wake-up is lost.
         if this.log.durable.load(Ordering::Acquire) >= this.seq {
-            return Poll::Ready(());
+            return Poll::Ready(Ok(()));
+        }
+        if this.log.failed.load(Ordering::Acquire) {
+            return Poll::Ready(Err("the floor's write or sync failed".into()));
         }
         let seq = this.seq;
         if this.registered {
