@@ -110,9 +110,9 @@ impl FloorLog {
         Member(Arc::clone(log))
     }
 
-    /// The syncing thread's loop: gathers, writes at `offset` onwards in
-    /// `file` (wrapping at `file_bytes`), syncs and wakes, until every task
-    /// has left. If a write or sync fails, every wait ends with an error.
+    /// The syncing thread's loop: gathers, appends to `file` from its start
+    /// (wrapping at `file_bytes`), syncs and wakes, until every task has
+    /// left. If a write or sync fails, every wait ends with an error.
     pub fn run_syncer(&self, file: &File, file_bytes: u64) -> io::Result<SyncFigures> {
         let _ = self.syncer.set(std::thread::current());
         let result = self.sync_until_all_left(file, file_bytes);
