@@ -573,7 +573,12 @@ fn group_commit_floor_row(tasks: usize, opts: &Options) -> Planned<'_> {
             seed += 1;
             let dir = common::scratch_dir("floor-").map_err(|e| e.to_string())?;
             let file = preallocated_file(dir.path()).map_err(|e| e.to_string())?;
-            let log = Arc::new(floor::FloorLog::new(tasks));
+            let log = Arc::new(floor::FloorLog::new());
+            // Every task's membership exists before the syncer starts; one
+            // whose task never runs (a failed setup) is dropped with the
+            // rest below, so the syncer always stops.
+            let members: Vec<floor::Member> =
+                (0..tasks).map(|_| floor::FloorLog::member(&log)).collect();
             let syncer = {
                 let log = Arc::clone(&log);
                 std::thread::spawn(move || log.run_syncer(&file, DISK_FILE_BYTES))
@@ -582,11 +587,18 @@ fn group_commit_floor_row(tasks: usize, opts: &Options) -> Planned<'_> {
                 record_bytes(RESERVE_RECORD_BYTES, 0x5A),
                 record_bytes(COMPLETE_RECORD_BYTES, 0xC3),
             );
-            let measured = drive_async(tasks, opts, seed, |_| FloorPairs {
-                log: floor::FloorLog::member(&log),
-                reserve: reserve.clone(),
-                complete: complete.clone(),
-            });
+            let measured = {
+                let members = std::sync::Mutex::new(members);
+                drive_async(tasks, opts, seed, |_| FloorPairs {
+                    log: members
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .pop()
+                        .expect("one membership per task"),
+                    reserve: reserve.clone(),
+                    complete: complete.clone(),
+                })
+            };
             let synced = syncer
                 .join()
                 .map_err(|_| "the syncing thread panicked".to_string())?

@@ -52,20 +52,20 @@ struct State {
     appended: u64,
     /// Tasks waiting, with the sequence number they wait for.
     waiting: Vec<(u64, Waker)>,
-    /// Tasks that have not finished: a sync that has them all waiting need
-    /// not wait for more.
+    /// Members not dropped yet: a sync that has them all waiting need not
+    /// wait for more.
     active: usize,
 }
 
 impl FloorLog {
-    /// A log for `tasks` tasks.
-    pub fn new(tasks: usize) -> FloorLog {
+    /// A log with no members yet (see [`FloorLog::member`]).
+    pub fn new() -> FloorLog {
         FloorLog {
             state: Mutex::new(State {
                 buf: Vec::with_capacity(1 << 16),
                 appended: 0,
                 waiting: Vec::new(),
-                active: tasks,
+                active: 0,
             }),
             durable: AtomicU64::new(0),
             failed: AtomicBool::new(false),
@@ -104,9 +104,12 @@ impl FloorLog {
         }
     }
 
-    /// A task's membership: when it is dropped (the task finished, failed
-    /// or panicked), the syncer stops counting on the task.
+    /// A task's membership: the syncer counts on the task from here until
+    /// the membership is dropped (the task finished, failed or panicked, or
+    /// never ran). Make every member before starting the syncer, which
+    /// stops once none is left.
     pub fn member(log: &Arc<FloorLog>) -> Member {
+        log.lock().active += 1;
         Member(Arc::clone(log))
     }
 
