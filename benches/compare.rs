@@ -448,8 +448,14 @@ fn idemlog_pair(store: Store) -> Request<'static> {
 /// Records per fdatasync between two readings of a store's figures; `None`
 /// when it made no sync (in memory, `None` durability).
 fn records_per_sync(before: &Stats, after: &Stats) -> Option<f64> {
-    let syncs = after.syncs.saturating_sub(before.syncs);
-    let records = after.records_synced.saturating_sub(before.records_synced);
+    per_sync(
+        after.records_synced.saturating_sub(before.records_synced),
+        after.syncs.saturating_sub(before.syncs),
+    )
+}
+
+/// `records / syncs`, `None` without a sync.
+fn per_sync(records: u64, syncs: u64) -> Option<f64> {
     (syncs > 0).then(|| records as f64 / syncs as f64)
 }
 
@@ -544,11 +550,14 @@ fn idemlog_async_row<'a>(
         let dir = common::scratch_dir("idemlog-async-").map_err(|e| e.to_string())?;
         let store = (system.make)(dir.path())?;
         let stats_before = store.stats();
-        let mut m = drive_async(tasks, opts, seed, |_| IdemlogPairs {
-            store: store.clone(),
-            fingerprint: bench_fingerprint(),
-            response: Bytes::from(common::response()),
-        })?;
+        let pairs = (0..tasks)
+            .map(|_| IdemlogPairs {
+                store: store.clone(),
+                fingerprint: bench_fingerprint(),
+                response: Bytes::from(common::response()),
+            })
+            .collect();
+        let mut m = drive_async(pairs, opts, seed)?;
         m.records_per_sync = records_per_sync(&stats_before, &store.stats());
         store.flush().map_err(|e| e.to_string())?;
         let disk = common::disk_bytes(dir.path());
@@ -574,39 +583,32 @@ fn group_commit_floor_row(tasks: usize, opts: &Options) -> Planned<'_> {
             let dir = common::scratch_dir("floor-").map_err(|e| e.to_string())?;
             let file = preallocated_file(dir.path()).map_err(|e| e.to_string())?;
             let log = Arc::new(floor::FloorLog::new());
-            // Every task's membership exists before the syncer starts; one
-            // whose task never runs (a failed setup) is dropped with the
-            // rest below, so the syncer always stops.
-            let members: Vec<floor::Member> =
-                (0..tasks).map(|_| floor::FloorLog::member(&log)).collect();
-            let syncer = {
-                let log = Arc::clone(&log);
-                std::thread::spawn(move || log.run_syncer(&file, DISK_FILE_BYTES))
-            };
             let (reserve, complete) = (
                 record_bytes(RESERVE_RECORD_BYTES, 0x5A),
                 record_bytes(COMPLETE_RECORD_BYTES, 0xC3),
             );
-            let measured = {
-                let members = std::sync::Mutex::new(members);
-                drive_async(tasks, opts, seed, |_| FloorPairs {
-                    log: members
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .pop()
-                        .expect("one membership per task"),
+            // Every task's membership exists before the syncer starts, and
+            // goes with its task or, if the run fails before the task
+            // starts, with the unused pairs: the syncer always stops.
+            let pairs: Vec<FloorPairs> = (0..tasks)
+                .map(|_| FloorPairs {
+                    log: floor::FloorLog::member(&log),
                     reserve: reserve.clone(),
                     complete: complete.clone(),
                 })
+                .collect();
+            let syncer = {
+                let log = Arc::clone(&log);
+                std::thread::spawn(move || log.run_syncer(&file, DISK_FILE_BYTES))
             };
+            let measured = drive_async(pairs, opts, seed);
             let synced = syncer
                 .join()
                 .map_err(|_| "the syncing thread panicked".to_string())?
                 .map_err(|e| format!("the syncing thread: {e}"))?;
             let mut m = measured?;
             m.disk_bytes_per_op = Some(PAIR_BYTES as f64);
-            m.records_per_sync =
-                (synced.syncs > 0).then(|| synced.records as f64 / synced.syncs as f64);
+            m.records_per_sync = per_sync(synced.records, synced.syncs);
             Ok(m)
         },
     )
@@ -667,16 +669,15 @@ impl AsyncPairs for FloorPairs {
     }
 }
 
-/// Runs `tasks` tokio tasks on a multi-threaded runtime with one worker per
-/// core, task `i` making requests through `make(i)` on fresh keys until the
-/// run's time or request budget is spent. CPU µs/op is the whole
-/// process's (the runtime's workers and any thread of the system under
-/// test), for both columns.
+/// Runs one tokio task per element of `pairs` on a multi-threaded runtime
+/// with one worker per core, each making requests on fresh keys until the
+/// run's time or request budget is spent. CPU µs/op is the whole process's
+/// (the runtime's workers and any thread of the system under test), for
+/// both columns.
 fn drive_async<P: AsyncPairs>(
-    tasks: usize,
+    pairs: Vec<P>,
     opts: &Options,
     seed: u64,
-    make: impl Fn(usize) -> P,
 ) -> Result<Measured, String> {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -691,9 +692,10 @@ fn drive_async<P: AsyncPairs>(
     // Per task: requests made, whole-request and reserve latencies.
     type TaskResult = Result<(u64, Histogram<u64>, Histogram<u64>), String>;
     let outcomes: Vec<TaskResult> = runtime.block_on(async {
-        let handles: Vec<_> = (0..tasks)
-            .map(|i| {
-                let mut pairs = make(i);
+        let handles: Vec<_> = pairs
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut pairs)| {
                 tokio::spawn(async move {
                     let mut gen = KeyGen::new(seed * 1_000_003 + i as u64);
                     let (mut total, mut reserve) = (histogram()?, histogram()?);
