@@ -764,6 +764,10 @@ fn histogram() -> Result<Histogram<u64>, String> {
 /// zeroes a page, and under a hypervisor the host may have to back it).
 /// One call is one page; every row that keeps growing memory pays this per
 /// page it fills (the in-memory rows ~640 B per pair, i.e. a page per ~6).
+/// The page the first-touch row writes to once: the unit its CPU per
+/// operation is for.
+const FRESH_PAGE: usize = 4096;
+
 fn first_touch_row(opts: &Options) -> Planned<'_> {
     plan(
         "first-touch",
@@ -771,7 +775,7 @@ fn first_touch_row(opts: &Options) -> Planned<'_> {
         "machine: page fault + zeroing",
         1,
         move || {
-            const PAGE: usize = 4096;
+            const PAGE: usize = FRESH_PAGE;
             const BYTES: usize = 256 << 20;
             drive(1, opts, &Keys::Fresh { seed: 5 }, 1, |_| {
                 let mut memory: Vec<u8> = Vec::with_capacity(BYTES);
@@ -1511,10 +1515,52 @@ fn print_targets(rows: &[Row]) {
     if bounds.iter().any(|(_, v)| v.is_some()) {
         println!("Bounds (64 async tasks, no store; not targets):");
         for (name, value) in bounds {
-            let got = value.map_or("not measured".to_string(), |v| format!("{}×", fmt_num(v)));
-            println!("  {name:<45} {:>14}   measured {got:>14}", "");
+            print_bound(name, value, "×");
         }
     }
+    // What bounds the in-memory target: its rows keep both cores busy, so
+    // their CPU per pair caps them, and first writes to fresh pages (the
+    // first-touch row's cost per page, times the pages a growing row takes
+    // per pair) are a share of that CPU only the machine sets.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let ceiling = |id: &str| {
+        let row = rows.iter().find(|r| r.id == id)?;
+        let cpu = row.result.as_ref().ok()?.process_cpu_us_per_op?;
+        Some(row.threads.min(cores) as f64 * 1e6 / cpu)
+    };
+    let fresh_share = || {
+        let grown = get("mem-2")?;
+        let per_page = get("first-touch")?.cpu_us_per_op?;
+        let fresh_us = grown.rss_bytes_per_op? / FRESH_PAGE as f64 * per_page;
+        Some(100.0 * fresh_us / grown.process_cpu_us_per_op?)
+    };
+    let memory_bounds = [
+        (
+            "in-memory 2 thr: cores / CPU per pair",
+            ceiling("mem-2"),
+            "",
+        ),
+        ("  share of that CPU in fresh pages", fresh_share(), " %"),
+        (
+            "in-memory recycled: cores / CPU per pair",
+            ceiling("mem-2-recycled"),
+            "",
+        ),
+    ];
+    if memory_bounds.iter().any(|(_, v, _)| v.is_some()) {
+        println!("Bounds (in-memory pairs/s on {cores} cores; not targets):");
+        for (name, value, unit) in memory_bounds {
+            print_bound(name, value, unit);
+        }
+    }
+}
+
+/// One line of a "Bounds" block, aligned with the targets above it.
+fn print_bound(name: &str, value: Option<f64>, unit: &str) {
+    let got = value.map_or("not measured".to_string(), |v| {
+        format!("{}{unit}", fmt_num(v))
+    });
+    println!("  {name:<45} {:>14}   measured {got:>14}", "");
 }
 
 fn fmt_num(v: f64) -> String {
