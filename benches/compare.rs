@@ -19,7 +19,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use idemlog::{
@@ -566,7 +566,7 @@ fn idemlog_async_row<'a>(
     })
 }
 
-/// The group-commit floor (benches/floor): the async row's tasks, timing
+/// The group-commit floor (benches/floor/group_commit.rs): the async row's tasks, timing
 /// and runtime around a log that only appends, writes and syncs, on a file
 /// prepared like the disk rows'. Its gap to the disk's batch-64 row is what
 /// 64 tasks' turnaround between two syncs costs on this machine whatever
@@ -582,7 +582,7 @@ fn group_commit_floor_row(tasks: usize, opts: &Options) -> Planned<'_> {
             seed += 1;
             let dir = common::scratch_dir("floor-").map_err(|e| e.to_string())?;
             let file = preallocated_file(dir.path()).map_err(|e| e.to_string())?;
-            let log = Arc::new(floor::FloorLog::new());
+            let log = Arc::new(floor::group_commit::FloorLog::new());
             let (reserve, complete) = (
                 record_bytes(RESERVE_RECORD_BYTES, 0x5A),
                 record_bytes(COMPLETE_RECORD_BYTES, 0xC3),
@@ -592,7 +592,7 @@ fn group_commit_floor_row(tasks: usize, opts: &Options) -> Planned<'_> {
             // starts, with the unused pairs: the syncer always stops.
             let pairs: Vec<FloorPairs> = (0..tasks)
                 .map(|_| FloorPairs {
-                    log: floor::FloorLog::member(&log),
+                    log: floor::group_commit::FloorLog::member(&log),
                     reserve: reserve.clone(),
                     complete: complete.clone(),
                 })
@@ -654,7 +654,7 @@ impl AsyncPairs for IdemlogPairs {
 /// The floor's log: each record's bytes appended, then the wait for its
 /// sync.
 struct FloorPairs {
-    log: floor::Member,
+    log: floor::group_commit::Member,
     reserve: Vec<u8>,
     complete: Vec<u8>,
 }
@@ -764,6 +764,57 @@ fn histogram() -> Result<Histogram<u64>, String> {
 /// zeroes a page, and under a hypervisor the host may have to back it).
 /// One call is one page; every row that keeps growing memory pays this per
 /// page it fills (the in-memory rows ~640 B per pair, i.e. a page per ~6).
+/// The in-memory floor (benches/floor/memory.rs): the in-memory row's
+/// requests, clock readings and 300-byte responses on a map that does only
+/// what any store shared by threads must. Its figure is what any in-memory
+/// store can reach with this harness on this machine.
+fn memory_floor_row<'a>(id: &'static str, threads: usize, opts: &'a Options) -> Planned<'a> {
+    let mut seed = 3_000;
+    plan(
+        id,
+        PAIR,
+        "in-memory floor: sharded map, no store",
+        threads,
+        move || {
+            seed += 1;
+            let map = Arc::new(floor::memory::FloorMap::default());
+            let fingerprint = *bench_fingerprint().digest();
+            let rss_before = common::rss_bytes();
+            let mut m = drive(threads, opts, &Keys::Fresh { seed }, 1, |_| {
+                let map = Arc::clone(&map);
+                let response = common::response();
+                let mut token = 0u64;
+                let expiry = |ttl: Duration| -> u64 {
+                    let now = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or(Duration::ZERO);
+                    u64::try_from((now + ttl).as_millis()).unwrap_or(u64::MAX)
+                };
+                let config = Config::default();
+                let (lease, ttl) = (config.lease, config.ttl);
+                Ok(Box::new(move |k: &[u8; KEY_LEN]| {
+                    let identity = floor::memory::Identity::new(SCOPE.as_bytes(), k)?;
+                    token += 1;
+                    let ticket =
+                        map.reserve(&identity, &fingerprint, token, expiry(lease + ttl))?;
+                    let reserved = Instant::now();
+                    map.complete(&identity, &ticket, response.clone(), expiry(ttl))?;
+                    Ok(Some(reserved))
+                }) as Request<'_>)
+            })?;
+            if map.len() as u64 != m.ops {
+                return Err(format!(
+                    "the floor made {} pairs but holds {} entries",
+                    m.ops,
+                    map.len()
+                ));
+            }
+            m.rss_bytes_per_op = per_op(rss_before, common::rss_bytes(), m.ops);
+            Ok(m)
+        },
+    )
+}
+
 /// The page the first-touch row writes to once: the unit its CPU per
 /// operation is for.
 const FRESH_PAGE: usize = 4096;
@@ -1500,7 +1551,7 @@ fn print_targets(rows: &[Row]) {
         println!("  {name:<45} {want:>14}   measured {got:>14}   {verdict}");
     }
     // What bounds the Sync-64 target on this machine: the same tasks around
-    // a log with no store (benches/floor), against the disk and against
+    // a log with no store (benches/floor/group_commit.rs), against the disk and against
     // idemlog.
     let bounds = [
         (
@@ -1518,10 +1569,12 @@ fn print_targets(rows: &[Row]) {
             print_bound(name, value, "×");
         }
     }
-    // What bounds the in-memory target: its rows keep both cores busy, so
-    // their CPU per pair caps them, and first writes to fresh pages (the
-    // first-touch row's cost per page, times the pages a growing row takes
-    // per pair) are a share of that CPU only the machine sets.
+    // What bounds the in-memory target: the floor (the same requests on a
+    // map that does only what any store must) is what a store can reach
+    // here at all. The rows keep both cores busy, so their CPU per pair
+    // caps them, and first writes to fresh pages (the first-touch row's
+    // cost per page, times the pages a growing row takes per pair) are a
+    // share of that CPU only the machine sets.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let ceiling = |id: &str| {
         let row = rows.iter().find(|r| r.id == id)?;
@@ -1535,6 +1588,16 @@ fn print_targets(rows: &[Row]) {
         Some(100.0 * fresh_us / grown.process_cpu_us_per_op?)
     };
     let memory_bounds = [
+        (
+            "in-memory floor (no store), 2 thr, pairs/s",
+            ops("floor-mem-2"),
+            "",
+        ),
+        (
+            "in-memory 2 thr / in-memory floor",
+            ratio("mem-2", "floor-mem-2"),
+            "×",
+        ),
         (
             "in-memory 2 thr: cores / CPU per pair",
             ceiling("mem-2"),
@@ -1602,6 +1665,9 @@ fn main() {
         idemlog_pairs_row("mem-1", &memory, 1, &opts),
         idemlog_pairs_row("mem-2", &memory, 2, &opts),
         idemlog_recycled_row("mem-2-recycled", 2, &opts),
+        // After the recycled row, whose freed memory the allocator may hand
+        // it: the floor can only gain from that, so it stays a bound.
+        memory_floor_row("floor-mem-2", 2, &opts),
         idemlog_replay_row("replay-2", &memory, 2, &opts),
         idemlog_replay_row("replay-durable-2", &durable_sync, 2, &opts),
         harness_row(&opts),
@@ -1701,7 +1767,8 @@ fn main() {
     println!("  * sled's flush() uses sync_file_range (plus fsync of its own metadata only when needed), which is weaker than fdatasync: it does not flush the disk's write cache or file metadata.");
     println!("  * idemlog durable rows: disk B/op includes the preallocated 64 MiB segment, so rows with few operations (Sync 1) show large figures; footprint.rs measures bytes per record.");
     println!("  * Sync, async tasks: 64 tokio tasks on a runtime with one worker per core, requests through the Backend trait (as the HTTP layer makes them); a task's fdatasync wait is a future, so no OS thread per caller. Its CPU µs/op is the whole process's (workers and the writer thread).");
-    println!("  * group-commit floor: the same 64 tasks, runtime and timing around a log with no store (benches/floor): each task appends its record's bytes and waits; one thread gathers them as idemlog's Sync log does, writes them to a file prepared like the disk rows' and syncs. The most any store can reach with 64 async tasks on this machine.");
+    println!("  * in-memory floor: the 2-thread in-memory row's requests, clock readings and responses on a map that does only what any store shared by threads must (benches/floor/memory.rs): a keyed SipHash per identity, 64 mutex-guarded shards, an entry with the identity, fingerprint, token, expiry and response; no leases, takeovers, expiry pass or counters. The most any in-memory store can reach with this harness on this machine; it runs after the recycled row and may reuse its freed memory (its RAM B/op shows how much), which can only help it.");
+    println!("  * group-commit floor: the same 64 tasks, runtime and timing around a log with no store (benches/floor/group_commit.rs): each task appends its record's bytes and waits; one thread gathers them as idemlog's Sync log does, writes them to a file prepared like the disk rows' and syncs. The most any store can reach with 64 async tasks on this machine.");
     print_records_per_sync(&rows);
     println!("  * Redis: {REDIS_CONNECTIONS} client threads, one connection each, one request at a time per connection (no pipelining); SET key v NX PX {LEASE_TTL_MS} then SET key v XX. Client and server share the machine's cores.");
     println!("  * CPU µs/op = CPU time (user + system) of the bench threads per operation: what an operation costs whatever else the machine runs (Redis rows: the client side only). proc µs/op = the whole process's, which adds the threads the system runs itself (idemlog's writer and maintenance threads, sled's flusher) competing for the same cores; for the async row both are the process's.");
