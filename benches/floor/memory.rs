@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 
 const SHARDS: usize = 64;
 
-/// The longest scope + key the floor keeps (the comparison's take 40).
+/// The longest scope + key the floor keeps (the comparison's take 44).
 pub const MAX_IDENTITY: usize = 64;
 
 /// The map: shards of entries, and the per-map hash key.
