@@ -446,6 +446,19 @@ fn model_reserve(
     }
 }
 
+/// Whether two records agree at `now` on all that `same_record` compares: a
+/// lease that is over on both sides counts as equal whenever it ended (a
+/// reopen voids leases in memory only, at its own open time).
+pub fn same_at(a: Option<&ModelRecord>, b: Option<&ModelRecord>, now: u64) -> bool {
+    let seen = |r: Option<&ModelRecord>| {
+        r.cloned().map(|mut r| {
+            r.in_flight_until = r.in_flight_until.map(|until| until.max(now));
+            r
+        })
+    };
+    seen(a) == seen(b)
+}
+
 /// Compares a looked-up record with the model's at time `now`. A lease that
 /// is over on both sides is not compared: a reopen voids leases in memory
 /// only, so the instant shown for an over lease may differ between opens,
