@@ -19,12 +19,12 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use idemlog::{
-    Backend, Bytes, Config, Durability, Fingerprint, ManualClock, Outcome, ReserveOptions, Stats,
-    Store, Timestamp,
+    Backend, Bytes, Clock, Config, Durability, Fingerprint, ManualClock, Outcome, ReserveOptions,
+    Stats, Store, SystemClock, Timestamp,
 };
 
 use common::{key_str, KeyGen, KEY_LEN, SCOPE};
@@ -759,11 +759,6 @@ fn histogram() -> Result<Histogram<u64>, String> {
     Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).map_err(|e| e.to_string())
 }
 
-/// What touching memory the process has never used costs here: the first
-/// write to each 4 KiB page of a fresh 256 MiB allocation (the kernel
-/// zeroes a page, and under a hypervisor the host may have to back it).
-/// One call is one page; every row that keeps growing memory pays this per
-/// page it fills (the in-memory rows ~640 B per pair, i.e. a page per ~6).
 /// The in-memory floor (benches/floor/memory.rs): the in-memory row's
 /// requests, clock readings and 300-byte responses on a map that does only
 /// what any store shared by threads must. Its figure is what any in-memory
@@ -784,12 +779,8 @@ fn memory_floor_row<'a>(id: &'static str, threads: usize, opts: &'a Options) -> 
                 let map = Arc::clone(&map);
                 let response = common::response();
                 let mut token = 0u64;
-                let expiry = |ttl: Duration| -> u64 {
-                    let now = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .unwrap_or(Duration::ZERO);
-                    u64::try_from((now + ttl).as_millis()).unwrap_or(u64::MAX)
-                };
+                // The wall clock read as idemlog's default clock reads it.
+                let expiry = |ttl: Duration| SystemClock.now().saturating_add(ttl).as_millis();
                 let config = Config::default();
                 let (lease, ttl) = (config.lease, config.ttl);
                 Ok(Box::new(move |k: &[u8; KEY_LEN]| {
@@ -819,6 +810,11 @@ fn memory_floor_row<'a>(id: &'static str, threads: usize, opts: &'a Options) -> 
 /// operation is for.
 const FRESH_PAGE: usize = 4096;
 
+/// What touching memory the process has never used costs here: the first
+/// write to each 4 KiB page of a fresh 256 MiB allocation (the kernel
+/// zeroes a page, and under a hypervisor the host may have to back it).
+/// One call is one page; every row that keeps growing memory pays this per
+/// page it fills (the in-memory rows ~640 B per pair, i.e. a page per ~6).
 fn first_touch_row(opts: &Options) -> Planned<'_> {
     plan(
         "first-touch",
