@@ -251,6 +251,11 @@ impl Lease {
 }
 
 /// Figures about a store.
+///
+/// Each figure is read on its own, not as one snapshot: while maintenance
+/// runs, `live_records` drops shard by shard and `expired` counts the whole
+/// pass once it ends, so a reading in between shows the one moved and not
+/// yet the other.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
