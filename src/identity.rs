@@ -27,14 +27,44 @@ use crate::error::{Error, Result};
 /// assert!(IdempotencyKey::new("tenant-42", "tab\there").is_err());
 /// # Ok::<(), idemlog::Error>(())
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct IdempotencyKey(Arc<[u8]>);
+#[derive(Clone)]
+pub struct IdempotencyKey(Packed);
 
-// One allocation per key: `[scope length: u32 LE][scope][key]`. Copies a
-// request makes (lease, record, log entry) cost a reference count, and
-// building a key costs one allocation, not three. Equal bytes mean equal
-// identities: the length prefix keeps "ab"+"c" apart from "a"+"bc".
+// One buffer per key: `[scope length: u32 LE][scope][key]`. Equal bytes
+// mean equal identities: the length prefix keeps "ab"+"c" apart from
+// "a"+"bc".
 const SCOPE_LEN_BYTES: usize = 4;
+
+/// Packed identities up to this many bytes live in the key itself; a UUID
+/// key under a scope of up to 22 bytes takes ≤ 62.
+const INLINE: usize = 62;
+
+/// A key's packed bytes. Most identities are short: kept inline, building a
+/// key does not allocate (an allocation and its free were ~15 % of an
+/// in-memory reserve + complete) and a copy (lease, record) is a 64-byte
+/// copy rather than a shared count bumped and dropped across threads.
+/// Longer identities share one allocation.
+#[derive(Clone)]
+enum Packed {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Shared(Arc<[u8]>),
+}
+
+const _: () = assert!(std::mem::size_of::<Packed>() == 64);
+
+impl PartialEq for IdempotencyKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.framed() == other.framed()
+    }
+}
+
+impl Eq for IdempotencyKey {}
+
+impl std::hash::Hash for IdempotencyKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.framed().hash(state);
+    }
+}
 
 impl IdempotencyKey {
     /// Validates `scope` and `key` against the default [`Limits`].
@@ -84,7 +114,7 @@ impl IdempotencyKey {
 
     /// The application's scope bytes.
     pub fn scope(&self) -> &[u8] {
-        &self.0[SCOPE_LEN_BYTES..SCOPE_LEN_BYTES + self.scope_len()]
+        &self.framed()[SCOPE_LEN_BYTES..SCOPE_LEN_BYTES + self.scope_len()]
     }
 
     /// The client's key.
@@ -96,24 +126,37 @@ impl IdempotencyKey {
 
     /// The client's key as bytes.
     pub(crate) fn key_bytes(&self) -> &[u8] {
-        &self.0[SCOPE_LEN_BYTES + self.scope_len()..]
+        &self.framed()[SCOPE_LEN_BYTES + self.scope_len()..]
     }
 
     /// The packed identity, `[scope length: u32 LE][scope][key]`: equal
     /// bytes, equal identities.
     pub(crate) fn framed(&self) -> &[u8] {
-        &self.0
+        match &self.0 {
+            Packed::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Packed::Shared(bytes) => bytes,
+        }
     }
 
-    /// How many values share this key's bytes (tests of what holds keys).
+    /// Whether the packed bytes live in the key itself (no allocation).
+    #[cfg(test)]
+    pub(crate) fn is_inline(&self) -> bool {
+        matches!(self.0, Packed::Inline { .. })
+    }
+
+    /// How many values share this key's bytes: 1 for an inline key, which
+    /// shares nothing (tests of what holds keys).
     #[cfg(test)]
     pub(crate) fn holders(&self) -> usize {
-        Arc::strong_count(&self.0)
+        match &self.0 {
+            Packed::Inline { .. } => 1,
+            Packed::Shared(bytes) => Arc::strong_count(bytes),
+        }
     }
 
     fn scope_len(&self) -> usize {
         let mut len = [0u8; SCOPE_LEN_BYTES];
-        len.copy_from_slice(&self.0[..SCOPE_LEN_BYTES]);
+        len.copy_from_slice(&self.framed()[..SCOPE_LEN_BYTES]);
         u32::from_le_bytes(len) as usize
     }
 
@@ -140,9 +183,17 @@ impl IdempotencyKey {
     /// Builds a key from parts without validating them: `with_limits`
     /// validated them, or the store did when they were written.
     pub(crate) fn from_stored(scope: &[u8], key: &str) -> Self {
-        IdempotencyKey(with_framed(scope, key.as_bytes(), |framed| {
-            Arc::from(framed)
-        }))
+        let len = SCOPE_LEN_BYTES + scope.len() + key.len();
+        if len <= INLINE {
+            let mut bytes = [0u8; INLINE];
+            fill_framed(&mut bytes[..len], scope, key.as_bytes());
+            // `len` ≤ 62 here.
+            let len = len as u8;
+            IdempotencyKey(Packed::Inline { len, bytes })
+        } else {
+            let shared = with_framed(scope, key.as_bytes(), |framed| Arc::from(framed));
+            IdempotencyKey(Packed::Shared(shared))
+        }
     }
 }
 
@@ -150,15 +201,8 @@ impl IdempotencyKey {
 /// of a key and of its identity hash. Usual identities are assembled on the
 /// stack; larger ones in a `Vec`.
 fn with_framed<T>(scope: &[u8], key: &[u8], use_framed: impl FnOnce(&[u8]) -> T) -> T {
-    // Scopes are bounded by `Limits::max_scope_len`, far below 4 GiB; a
-    // larger one could not be built past `validate`.
-    let scope_len = u32::try_from(scope.len()).unwrap_or(u32::MAX);
     let len = SCOPE_LEN_BYTES + scope.len() + key.len();
-    let fill = |buf: &mut [u8]| {
-        buf[..SCOPE_LEN_BYTES].copy_from_slice(&scope_len.to_le_bytes());
-        buf[SCOPE_LEN_BYTES..SCOPE_LEN_BYTES + scope.len()].copy_from_slice(scope);
-        buf[SCOPE_LEN_BYTES + scope.len()..].copy_from_slice(key);
-    };
+    let fill = |buf: &mut [u8]| fill_framed(buf, scope, key);
     let mut stack = [0u8; 320];
     if len <= stack.len() {
         fill(&mut stack[..len]);
@@ -168,6 +212,17 @@ fn with_framed<T>(scope: &[u8], key: &[u8], use_framed: impl FnOnce(&[u8]) -> T)
         fill(&mut heap);
         use_framed(&heap)
     }
+}
+
+/// Writes `[scope length: u32 LE][scope][key]` into `buf`, which is exactly
+/// that long.
+fn fill_framed(buf: &mut [u8], scope: &[u8], key: &[u8]) {
+    // Scopes are bounded by `Limits::max_scope_len`, far below 4 GiB; a
+    // larger one could not be built past `validate`.
+    let scope_len = u32::try_from(scope.len()).unwrap_or(u32::MAX);
+    buf[..SCOPE_LEN_BYTES].copy_from_slice(&scope_len.to_le_bytes());
+    buf[SCOPE_LEN_BYTES..SCOPE_LEN_BYTES + scope.len()].copy_from_slice(scope);
+    buf[SCOPE_LEN_BYTES + scope.len()..].copy_from_slice(key);
 }
 
 impl fmt::Debug for IdempotencyKey {
@@ -256,7 +311,7 @@ impl IdentityHasher {
     /// The hash of `id`.
     pub(crate) fn hash(&self, id: &IdempotencyKey) -> IdentityHash {
         // The key's bytes are already framed (scope length first).
-        self.finish(|h| h.write(&id.0))
+        self.finish(|h| h.write(id.framed()))
     }
 
     /// The hash of an identity given as its stored parts (recovery reads
@@ -310,7 +365,35 @@ mod tests {
         let ab_c = IdempotencyKey::new("ab", "c").unwrap();
         let a_bc = IdempotencyKey::new("a", "bc").unwrap();
         assert_ne!(ab_c, a_bc);
+        assert_ne!(std_hash(&ab_c), std_hash(&a_bc));
         assert_ne!(ab_c.digest("t"), a_bc.digest("t"));
+    }
+
+    fn std_hash(key: &IdempotencyKey) -> u64 {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        BuildHasherDefault::<DefaultHasher>::default().hash_one(key)
+    }
+
+    /// Identities up to 62 packed bytes are kept in the key, longer ones
+    /// in a shared allocation: on both sides of the boundary the parts read
+    /// back, clones compare and hash equal, and a clone of a shared key
+    /// shares it.
+    #[test]
+    fn inline_and_shared_keys_behave_alike() {
+        // Packed length: 4 + 2 (scope) + key length.
+        for key_len in [1, 55, 56, 57, 58, 254] {
+            let key = "k".repeat(key_len);
+            let built = IdempotencyKey::new("ab", &key).unwrap();
+            let inline = 6 + key_len <= INLINE;
+            assert_eq!(built.is_inline(), inline, "key of {key_len} bytes");
+            assert_eq!((built.scope(), built.key()), (&b"ab"[..], key.as_str()));
+            let copy = built.clone();
+            assert_eq!(copy, built);
+            assert_eq!(std_hash(&copy), std_hash(&built));
+            assert_eq!(built.holders(), if inline { 1 } else { 2 });
+            let other = IdempotencyKey::new("ab", format!("{key}x")).unwrap();
+            assert_ne!(other, built);
+        }
     }
 
     /// A store re-checks a key built under other limits: lengths against its

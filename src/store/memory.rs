@@ -7,7 +7,6 @@ use parking_lot::Mutex;
 use super::engine::{Change, Engine, EngineStats, Identity, MaintenanceReport, Wait};
 use crate::clock::Timestamp;
 use crate::error::Result;
-use crate::identity::IdempotencyKey;
 use crate::record::Record;
 
 /// A table entry. The record lives in its shard's [`RecordSlab`]: a
@@ -36,90 +35,37 @@ struct SlabIndex {
 /// chunk takes those page faults in the one operation that allocates it.
 /// Chunks grow from 16 to 256 records, so a small store stays small.
 ///
-/// A place also holds its record's identity bytes ([`StoredKey`]), and the
-/// record's own `key` field holds the shard's placeholder: keeping the
-/// caller's `IdempotencyKey` instead kept its allocation alive, so every
-/// `Store::key` took fresh heap memory and touched a new page in ~2 % of
-/// reserves (1.3–19 µs each on the development VM), which set the reserve
-/// p99. With the bytes copied here, the caller's key is freed after the
-/// request and its memory reused by the next one.
+/// A record keeps its own key. Usual identities are inline in the key
+/// (`IdempotencyKey` allocates only beyond 62 packed bytes), so the store
+/// holds no allocation of the caller's: one kept alive per record made
+/// every `Store::key` take fresh heap memory and touch a new page in ~2 %
+/// of reserves (1.3–19 µs each on the development VM), which set the
+/// reserve p99.
 #[derive(Default)]
 struct RecordSlab {
-    chunks: Vec<Box<[Place]>>,
+    chunks: Vec<Box<[Option<Record>]>>,
     /// Records handed out from the last chunk, free or not.
     last_used: usize,
     free: Vec<SlabIndex>,
-}
-
-/// One slab place: a record (`None` while free) and its identity.
-struct Place {
-    record: Option<Record>,
-    key: StoredKey,
-}
-
-/// Packed identities (`IdempotencyKey::framed`) up to this many bytes are
-/// copied into the slab place; a UUID key under a short scope takes ~50.
-const INLINE_KEY: usize = 62;
-
-/// A record's identity bytes, as the slab keeps them.
-enum StoredKey {
-    /// Copied into the place.
-    Inline { len: u8, bytes: [u8; INLINE_KEY] },
-    /// A longer identity: the caller's key, shared.
-    Shared(IdempotencyKey),
-}
-
-// The inline bytes fill what the enum takes anyway: 64 bytes a place.
-const _: () = assert!(std::mem::size_of::<StoredKey>() == 64);
-
-impl StoredKey {
-    const EMPTY: StoredKey = StoredKey::Inline {
-        len: 0,
-        bytes: [0; INLINE_KEY],
-    };
-
-    /// Stores `key`, in place (a free place's key is `Inline`).
-    fn set(&mut self, key: &IdempotencyKey) {
-        let framed = key.framed();
-        match (self, u8::try_from(framed.len())) {
-            (StoredKey::Inline { len, bytes }, Ok(n)) if framed.len() <= INLINE_KEY => {
-                bytes[..framed.len()].copy_from_slice(framed);
-                *len = n;
-            }
-            (this, _) => *this = StoredKey::Shared(key.clone()),
-        }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        match self {
-            StoredKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            StoredKey::Shared(key) => key.framed(),
-        }
-    }
 }
 
 const FIRST_CHUNK: usize = 16;
 const LARGEST_CHUNK: usize = 256;
 
 impl RecordSlab {
-    fn place(&self, at: SlabIndex) -> &Place {
-        &self.chunks[at.chunk as usize][at.offset as usize]
-    }
-
-    fn place_mut(&mut self, at: SlabIndex) -> &mut Place {
+    fn place_mut(&mut self, at: SlabIndex) -> &mut Option<Record> {
         &mut self.chunks[at.chunk as usize][at.offset as usize]
     }
 
-    /// The record at `at`, its `key` the shard's placeholder.
     fn get(&self, at: SlabIndex) -> &Record {
-        match &self.place(at).record {
+        match &self.chunks[at.chunk as usize][at.offset as usize] {
             Some(r) => r,
             None => unreachable!("a table entry points at a free slab place"),
         }
     }
 
     fn get_mut(&mut self, at: SlabIndex) -> &mut Record {
-        match &mut self.place_mut(at).record {
+        match self.place_mut(at) {
             Some(r) => r,
             None => unreachable!("a table entry points at a free slab place"),
         }
@@ -127,24 +73,16 @@ impl RecordSlab {
 
     /// The packed identity of the record at `at`.
     fn key(&self, at: SlabIndex) -> &[u8] {
-        self.place(at).key.bytes()
+        self.get(at).key.framed()
     }
 
-    /// Stores `record` (whose `key` is the placeholder) under `key`.
-    fn insert(&mut self, record: Record, key: &IdempotencyKey) -> SlabIndex {
+    fn insert(&mut self, record: Record) -> SlabIndex {
         let at = match self.free.pop() {
             Some(at) => at,
             None => {
                 if self.chunks.last().is_none_or(|c| self.last_used == c.len()) {
                     let len = (FIRST_CHUNK << self.chunks.len().min(8)).min(LARGEST_CHUNK);
-                    self.chunks.push(
-                        (0..len)
-                            .map(|_| Place {
-                                record: None,
-                                key: StoredKey::EMPTY,
-                            })
-                            .collect(),
-                    );
+                    self.chunks.push((0..len).map(|_| None).collect());
                     self.last_used = 0;
                 }
                 self.last_used += 1;
@@ -154,18 +92,12 @@ impl RecordSlab {
                 }
             }
         };
-        let place = self.place_mut(at);
-        place.record = Some(record);
-        place.key.set(key);
+        *self.place_mut(at) = Some(record);
         at
     }
 
     fn remove(&mut self, at: SlabIndex) -> Option<Record> {
-        let place = self.place_mut(at);
-        let record = place.record.take();
-        if let StoredKey::Shared(_) = place.key {
-            place.key = StoredKey::EMPTY;
-        }
+        let record = self.place_mut(at).take();
         self.free.push(at);
         record
     }
@@ -175,9 +107,6 @@ struct Shard {
     table: HashTable<Slot>,
     records: RecordSlab,
     in_flight: u64,
-    /// What the `key` field of every record in `records` holds (see
-    /// [`RecordSlab`]); an operation's decision sees the caller's key.
-    placeholder: IdempotencyKey,
 }
 
 /// Records kept in memory only; lost when the store is dropped.
@@ -196,7 +125,6 @@ impl MemoryEngine {
                         table: HashTable::new(),
                         records: RecordSlab::default(),
                         in_flight: 0,
-                        placeholder: IdempotencyKey::from_stored(b"", ""),
                     }))
                 })
                 .collect(),
@@ -220,7 +148,6 @@ impl Engine for MemoryEngine {
             table,
             records,
             in_flight,
-            placeholder,
         } = &mut *guard;
         let framed = id.key.framed();
         let entry = table.entry(
@@ -232,23 +159,14 @@ impl Engine for MemoryEngine {
             Entry::Occupied(mut occupied) => {
                 let at = occupied.get().at;
                 let found = records.get_mut(at);
-                // The decision sees the caller's key (the same bytes) in
-                // place of the placeholder, which goes back afterwards.
-                let kept_key = std::mem::replace(&mut found.key, id.key.clone());
                 let was_in_flight = found.is_in_flight();
                 match decide(Some(found)) {
-                    Change::Keep => found.key = kept_key,
-                    Change::Replayed => {
-                        found.key = kept_key;
-                        found.replays = found.replays.saturating_add(1);
-                    }
+                    Change::Keep => {}
+                    Change::Replayed => found.replays = found.replays.saturating_add(1),
                     Change::Put(record) => {
                         let now_in_flight = record.is_in_flight();
                         occupied.get_mut().expires_at = record.expires_at;
-                        // Moved in first, key set after: a change to the
-                        // record on the way costs two more 192-byte copies.
                         *found = record;
-                        found.key = kept_key;
                         *in_flight =
                             *in_flight + u64::from(now_in_flight) - u64::from(was_in_flight);
                     }
@@ -263,8 +181,7 @@ impl Engine for MemoryEngine {
                 if let Change::Put(record) = decide(None) {
                     *in_flight += u64::from(record.is_in_flight());
                     let expires_at = record.expires_at;
-                    let at = records.insert(record, id.key);
-                    records.get_mut(at).key = placeholder.clone();
+                    let at = records.insert(record);
                     vacant.insert(Slot {
                         hash: id.hash.table,
                         expires_at,
@@ -284,11 +201,7 @@ impl Engine for MemoryEngine {
             .find(id.hash.table, |s| {
                 s.hash == id.hash.table && shard.records.key(s.at) == framed
             })
-            .map(|s| {
-                let mut record = Record::clone(shard.records.get(s.at));
-                record.key = id.key.clone();
-                record
-            });
+            .map(|s| Record::clone(shard.records.get(s.at)));
         Ok((record, Wait::Ready))
     }
 
@@ -446,10 +359,10 @@ mod tests {
         assert_eq!(store.stats().live_records, 600 + 200);
     }
 
-    /// Identities are kept inline up to 62 packed bytes and shared beyond:
-    /// keys on both sides of the boundary, reusing each other's freed slab
-    /// places, each find their own record, and the store keeps no reference
-    /// to an inline key the caller built.
+    /// Keys are inline up to 62 packed bytes and shared beyond: keys on
+    /// both sides of the boundary, reusing each other's freed slab places,
+    /// each find their own record, and the store holds exactly one more
+    /// reference to a shared key (its record's) and none to an inline one.
     #[test]
     fn inline_and_shared_identities_find_their_own_records() {
         let store = one_shard_store(&ManualClock::new(Timestamp::from_millis(0)));
@@ -481,7 +394,8 @@ mod tests {
             };
             assert_eq!(&replay.response[..], format!("r{i}").as_bytes());
             let inline = 4 + key.scope().len() + key.key().len() <= 62;
-            assert_eq!(key.holders() == 1, inline, "{key:?}");
+            assert_eq!(key.is_inline(), inline, "{key:?}");
+            assert_eq!(key.holders(), if inline { 1 } else { 2 }, "{key:?}");
             let record = store.lookup(key).unwrap().expect("completed record");
             assert_eq!(record.key(), key);
         }
