@@ -119,6 +119,32 @@ impl Tally {
     }
 }
 
+/// An acquisition as `reserve` decides it: its lease without the key. The
+/// engine's closure hands this out and `settle` passes it on, so those
+/// moves copy a few words rather than a lease with its key; the lease is
+/// built once, at the end, by [`lease`](Self::lease).
+struct Grant {
+    token: u64,
+    attempt: u32,
+    lease_until: Timestamp,
+    ttl: Duration,
+    checkpoint: Option<Bytes>,
+}
+
+impl Grant {
+    /// The lease on `key`.
+    fn lease(self, key: &IdempotencyKey) -> Lease {
+        Lease {
+            key: key.clone(),
+            token: self.token,
+            attempt: self.attempt,
+            lease_until: self.lease_until,
+            ttl: self.ttl,
+            checkpoint: self.checkpoint,
+        }
+    }
+}
+
 /// State shared by a store's clones, its reservations and its background
 /// thread.
 pub(crate) struct Shared {
@@ -410,9 +436,9 @@ impl Store {
     ) -> Result<Outcome> {
         let shared = &self.shared;
         let (outcome, hash) = shared.settle(shared.reserve(key, fingerprint, options))?;
-        Ok(outcome.map(|lease| Reservation {
+        Ok(outcome.map(|grant| Reservation {
             shared: Arc::clone(&self.handles[thread_stripe()]),
-            lease,
+            lease: grant.lease(key),
             hash,
             done: false,
         }))
@@ -491,7 +517,7 @@ impl Store {
         let (outcome, _) = shared
             .settle_async(shared.reserve(key, fingerprint, options))
             .await?;
-        Ok(outcome)
+        Ok(outcome.map(|grant| grant.lease(key)))
     }
 
     pub(crate) async fn complete_async(&self, lease: &Lease, response: Bytes) -> Result<()> {
@@ -603,7 +629,7 @@ impl Shared {
         key: &IdempotencyKey,
         fingerprint: &Fingerprint,
         options: ReserveOptions,
-    ) -> Decided<(Outcome<Lease>, IdentityHash)> {
+    ) -> Decided<(Outcome<Grant>, IdentityHash)> {
         let mut wait = Wait::Ready;
         let mut events = Tally::default();
         let answer = self.reserve_inner(key, fingerprint, options, &mut wait, &mut events);
@@ -621,7 +647,7 @@ impl Shared {
         options: ReserveOptions,
         wait: &mut Wait,
         events: &mut Tally,
-    ) -> Result<(Outcome<Lease>, IdentityHash)> {
+    ) -> Result<(Outcome<Grant>, IdentityHash)> {
         key.check(&self.config.limits)?;
         self.check_poison()?;
         let id = self.identity(key);
@@ -645,15 +671,14 @@ impl Shared {
                         ttl,
                         token,
                     );
-                    let lease = Lease {
-                        key: key.clone(),
+                    let acquired = Outcome::Acquired(Grant {
                         token,
                         attempt: record.attempts,
                         lease_until: now.saturating_add(lease_for),
                         ttl,
                         checkpoint: record.checkpoint.clone(),
-                    };
-                    ((Outcome::Acquired(lease), takeover), Change::Put(record))
+                    });
+                    ((acquired, takeover), Change::Put(record))
                 }
                 Decision::Replay => {
                     let Some(r) = found else {
