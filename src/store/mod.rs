@@ -134,14 +134,14 @@ struct Grant {
 impl Grant {
     /// The lease on `key`.
     fn lease(self, key: &IdempotencyKey) -> Lease {
-        Lease {
-            key: key.clone(),
-            token: self.token,
-            attempt: self.attempt,
-            lease_until: self.lease_until,
-            ttl: self.ttl,
-            checkpoint: self.checkpoint,
-        }
+        Lease::new(
+            key.clone(),
+            self.token,
+            self.attempt,
+            self.lease_until,
+            self.ttl,
+            self.checkpoint,
+        )
     }
 }
 
