@@ -40,9 +40,10 @@ const SCOPE_LEN_BYTES: usize = 4;
 const INLINE: usize = 62;
 
 /// A key's packed bytes. Most identities are short: kept inline, building a
-/// key does not allocate (an allocation and its free were ~15 % of an
-/// in-memory reserve + complete) and a copy (lease, record) is a 64-byte
-/// copy rather than a shared count bumped and dropped across threads.
+/// key does not allocate (the allocation and its free were ~140 of the
+/// ~3,100 instructions of an in-memory reserve + complete, by callgrind)
+/// and a copy (lease, record) is a 64-byte copy rather than a shared count
+/// bumped and dropped across threads.
 /// Longer identities share one allocation.
 #[derive(Clone)]
 enum Packed {
