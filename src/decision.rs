@@ -53,9 +53,88 @@ pub fn decide(found: Option<&Record>, request: &Fingerprint, now: Timestamp) -> 
     }
 }
 
-/// The in-flight record an `Acquire` writes. On takeover the attempt count
-/// goes up and the last checkpoint carries over to the new owner; `token`
-/// must be greater than any token the identity had.
+/// What an `Acquire` writes, apart from the identity the engine already
+/// has. The in-memory engine builds the record from it in its own memory,
+/// or overwrites the expired or taken-over record in place, instead of
+/// moving a whole record (four cache lines) through the decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acquisition {
+    /// The request's fingerprint under its primary algorithm.
+    pub fingerprint: Fingerprint,
+    /// When the first reservation was made (kept across takeovers).
+    pub created_at: Timestamp,
+    /// When the new lease runs out.
+    pub lease_until: Timestamp,
+    /// When the in-flight record expires.
+    pub expires_at: Timestamp,
+    /// The new fencing token.
+    pub token: u64,
+    /// The attempt this reservation is (1 for the first).
+    pub attempts: u32,
+    /// The checkpoint carried over from an earlier attempt.
+    pub checkpoint: Option<Bytes>,
+}
+
+impl Acquisition {
+    /// The in-flight record of `key`.
+    pub fn into_record(self, key: &IdempotencyKey) -> Record {
+        Record {
+            key: key.clone(),
+            fingerprint: self.fingerprint,
+            state: RecordState::InFlight {
+                lease_until: self.lease_until,
+            },
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            token: self.token,
+            attempts: self.attempts,
+            replays: 0,
+            checkpoint: self.checkpoint,
+        }
+    }
+
+    /// Makes `record` (of the same identity: an expired record or a
+    /// takeover's) the in-flight record; its key stays.
+    pub fn apply(self, record: &mut Record) {
+        record.fingerprint = self.fingerprint;
+        record.state = RecordState::InFlight {
+            lease_until: self.lease_until,
+        };
+        record.created_at = self.created_at;
+        record.expires_at = self.expires_at;
+        record.token = self.token;
+        record.attempts = self.attempts;
+        record.replays = 0;
+        record.checkpoint = self.checkpoint;
+    }
+}
+
+/// What an `Acquire` writes. On takeover the attempt count goes up and the
+/// last checkpoint carries over to the new owner; `token` must be greater
+/// than any token the identity had.
+pub fn acquisition(
+    found: Option<&Record>,
+    takeover: bool,
+    request: &Fingerprint,
+    now: Timestamp,
+    lease: Duration,
+    ttl: Duration,
+    token: u64,
+) -> Acquisition {
+    let lease_until = now.saturating_add(lease);
+    let previous = found.filter(|_| takeover);
+    Acquisition {
+        fingerprint: request.primary(),
+        created_at: previous.map_or(now, |r| r.created_at),
+        lease_until,
+        expires_at: lease_until.saturating_add(ttl),
+        token,
+        attempts: previous.map_or(1, |r| r.attempts.saturating_add(1)),
+        checkpoint: previous.and_then(|r| r.checkpoint.clone()),
+    }
+}
+
+/// The in-flight record an `Acquire` writes (see [`acquisition`]).
 #[allow(clippy::too_many_arguments)] // each is one column of the decision table
 pub fn acquired_record(
     found: Option<&Record>,
@@ -67,19 +146,7 @@ pub fn acquired_record(
     ttl: Duration,
     token: u64,
 ) -> Record {
-    let lease_until = now.saturating_add(lease);
-    let previous = found.filter(|_| takeover);
-    Record {
-        key: key.clone(),
-        fingerprint: request.primary(),
-        state: RecordState::InFlight { lease_until },
-        created_at: previous.map_or(now, |r| r.created_at),
-        expires_at: lease_until.saturating_add(ttl),
-        token,
-        attempts: previous.map_or(1, |r| r.attempts.saturating_add(1)),
-        replays: 0,
-        checkpoint: previous.and_then(|r| r.checkpoint.clone()),
-    }
+    acquisition(found, takeover, request, now, lease, ttl, token).into_record(key)
 }
 
 /// Checks that `token` is the record's current fencing token at `now`. A
@@ -104,24 +171,68 @@ pub fn authorize(found: Option<&Record>, token: u64, now: Timestamp) -> Result<&
     }
 }
 
+/// What `complete` changes in the record it holds: the response stored and
+/// the TTL running from now. Engines that keep records in memory apply it in
+/// place ([`Completion::apply`]) instead of building and moving a whole new
+/// record; the others apply it to their copy of the record they read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// The response to store.
+    pub response: Bytes,
+    /// When `complete` stored it.
+    pub completed_at: Timestamp,
+    /// When the completed record expires.
+    pub expires_at: Timestamp,
+}
+
+impl Completion {
+    /// Turns the held in-flight record into the completed one; every other
+    /// field (key, fingerprint, token, attempts, replays) stays.
+    pub fn apply(self, record: &mut Record) {
+        record.state = RecordState::Completed {
+            completed_at: self.completed_at,
+            response: self.response,
+        };
+        record.expires_at = self.expires_at;
+        record.checkpoint = None;
+    }
+
+    /// The completed record made from the held one, for engines that store
+    /// whole records.
+    pub fn applied_to(self, held: &Record) -> Record {
+        // Field by field rather than `held.clone()` then `apply`, which
+        // cloned the state and the checkpoint only to drop them (~110
+        // instructions).
+        Record {
+            key: held.key.clone(),
+            fingerprint: held.fingerprint,
+            state: RecordState::Completed {
+                completed_at: self.completed_at,
+                response: self.response,
+            },
+            created_at: held.created_at,
+            expires_at: self.expires_at,
+            token: held.token,
+            attempts: held.attempts,
+            replays: held.replays,
+            checkpoint: None,
+        }
+    }
+}
+
+/// The change `complete` makes at `now`, with the completed record kept for
+/// `ttl`.
+pub fn completion(response: Bytes, now: Timestamp, ttl: Duration) -> Completion {
+    Completion {
+        response,
+        completed_at: now,
+        expires_at: now.saturating_add(ttl),
+    }
+}
+
 /// The record after `complete`: the response stored, the TTL running.
 pub fn completed_record(held: &Record, response: Bytes, now: Timestamp, ttl: Duration) -> Record {
-    // Field by field rather than `..held.clone()`, which cloned the state
-    // and the checkpoint only to drop them (~110 instructions per complete).
-    Record {
-        key: held.key.clone(),
-        fingerprint: held.fingerprint,
-        state: RecordState::Completed {
-            completed_at: now,
-            response,
-        },
-        created_at: held.created_at,
-        expires_at: now.saturating_add(ttl),
-        token: held.token,
-        attempts: held.attempts,
-        replays: held.replays,
-        checkpoint: None,
-    }
+    completion(response, now, ttl).applied_to(held)
 }
 
 /// The record after `extend`: a new lease from `now`.
@@ -218,6 +329,59 @@ mod tests {
         assert_eq!(next.lease_until(), Some(t(130_000)));
         let fresh = acquired_record(Some(&r), false, &key(), &fp, t(70_000), LEASE, TTL, 9);
         assert_eq!((fresh.attempts, fresh.checkpoint.clone()), (1, None));
+    }
+
+    /// The in-memory engine overwrites an expired or taken-over record in
+    /// place; the result must be the record the other engines store,
+    /// whatever the old one carried (a response, replays, a checkpoint).
+    #[test]
+    fn acquisition_in_place_equals_the_acquired_record() {
+        let fp = Fingerprint::of_bytes(b"a");
+        let other = Fingerprint::of_bytes(b"b");
+        let mut done = completed_record(
+            &in_flight(&other, t(0)),
+            Bytes::from_static(b"ok"),
+            t(5),
+            TTL,
+        );
+        done.replays = 4;
+        let stale = checkpointed_record(&in_flight(&fp, t(0)), Bytes::from_static(b"phase-1"));
+        for (old, takeover) in [(done, false), (stale.clone(), true), (stale, false)] {
+            let now = t(4_000_000);
+            let whole = acquired_record(Some(&old), takeover, &key(), &fp, now, LEASE, TTL, 11);
+            let mut in_place = old.clone();
+            acquisition(Some(&old), takeover, &fp, now, LEASE, TTL, 11).apply(&mut in_place);
+            assert_eq!(in_place, whole, "takeover: {takeover}");
+            assert_eq!(in_place.replays, 0);
+            assert_eq!(in_place.lease_until(), Some(t(4_060_000)));
+            assert_eq!(in_place.attempts, if takeover { 2 } else { 1 });
+            assert_eq!(in_place.checkpoint.is_some(), takeover);
+        }
+    }
+
+    /// Engines that complete in place and engines that store a new record
+    /// must end with the same record, whatever the held one carried (a
+    /// checkpoint, replays, a takeover's attempts).
+    #[test]
+    fn completion_in_place_equals_the_completed_record() {
+        let fp = Fingerprint::of_bytes(b"a");
+        let first = in_flight(&fp, t(0));
+        let mut held = acquired_record(Some(&first), true, &key(), &fp, t(61_000), LEASE, TTL, 8);
+        held = checkpointed_record(&held, Bytes::from_static(b"phase-2"));
+        held.replays = 3;
+        let response = Bytes::from_static(b"done");
+        let whole = completed_record(&held, response.clone(), t(70_000), TTL);
+        let mut in_place = held.clone();
+        completion(response, t(70_000), TTL).apply(&mut in_place);
+        assert_eq!(in_place, whole);
+        assert_eq!(
+            (in_place.attempts, in_place.token, in_place.replays),
+            (2, 8, 3)
+        );
+        assert_eq!(in_place.checkpoint, None);
+        assert_eq!(in_place.completed_at(), Some(t(70_000)));
+        assert_eq!(in_place.expires_at, t(70_000 + 3_600_000));
+        assert_eq!(in_place.created_at, t(0));
     }
 
     #[test]

@@ -77,7 +77,9 @@ use crate::error::{Error, Result};
 use crate::fingerprint::{Fingerprint, FingerprintAlgorithm};
 use crate::identity::IdempotencyKey;
 use crate::record::{Record, RecordState};
-use crate::store::engine::{Change, Engine, EngineStats, Identity, MaintenanceReport, Wait};
+use crate::store::engine::{
+    Change, Engine, EngineStats, Identity, MaintenanceReport, Wait, WholeChange,
+};
 use crate::store::{Lease, Store};
 
 const BACKEND: &str = "sled";
@@ -326,12 +328,13 @@ impl Engine for SledEngine {
                 Some(value) => Some(check_identity(decode_at(&key, value)?, id.key)?),
                 None => None,
             };
-            let (new, durable): (Option<IVec>, bool) = match decide(found.as_ref()) {
-                Change::Keep => {
+            let change = decide(found.as_ref()).into_whole(id.key, found.as_ref());
+            let (new, durable): (Option<IVec>, bool) = match change {
+                WholeChange::Keep => {
                     // What `decide` saw must be durable before we answer.
                     return self.sync_written().map(|()| Wait::Ready);
                 }
-                Change::Replayed => match found {
+                WholeChange::Replayed => match found {
                     Some(mut r) => {
                         // The replay count is a statistic: written, but not
                         // worth a flush of its own.
@@ -340,11 +343,11 @@ impl Engine for SledEngine {
                     }
                     None => return self.sync_written().map(|()| Wait::Ready),
                 },
-                Change::Put(record) => {
+                WholeChange::Put(record) => {
                     self.cover_token(record.token)?;
                     (Some(encode(&record)?.into()), true)
                 }
-                Change::Remove => (None, true),
+                WholeChange::Remove => (None, true),
             };
             match self
                 .tree

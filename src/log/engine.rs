@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::identity::IdentityHasher;
 use crate::record::Record;
 use crate::store::engine::{
-    Change, Engine, EngineStats, Identity, MaintenanceReport, Wait, WaitFuture,
+    Change, Engine, EngineStats, Identity, MaintenanceReport, Wait, WaitFuture, WholeChange,
 };
 
 thread_local! {
@@ -239,28 +239,30 @@ impl Engine for LogEngine {
         let mut guard = self.shards[si].lock();
         let shard = &mut *guard;
         let found = self.find(shard, &id, hash)?;
-        let change = match &found {
-            None => decide(None),
+        let seen = match &found {
+            None => None,
             Some(Found {
                 from_disk: Some(r), ..
-            }) => decide(Some(r)),
+            }) => Some(r),
             Some(Found {
                 entry,
                 from_disk: None,
             }) => match shard.cached(entry) {
-                Some(r) => decide(Some(r)),
+                Some(r) => Some(r),
                 None => unreachable!("find saw this cached record under the same lock"),
             },
         };
+        // The log writes whole records: a completion becomes one.
+        let change = decide(seen).into_whole(id.key, seen);
         let wait_for = match change {
-            Change::Keep => shard.last_end,
-            Change::Replayed => {
+            WholeChange::Keep => shard.last_end,
+            WholeChange::Replayed => {
                 if let Some(f) = &found {
                     shard.count_replay(&f.entry);
                 }
                 shard.last_end
             }
-            Change::Put(record) => {
+            WholeChange::Put(record) => {
                 let len = format::put_frame_len(&record);
                 if len > format::MAX_PAYLOAD {
                     return Err(Error::ResponseTooLarge {
@@ -286,7 +288,7 @@ impl Engine for LogEngine {
                 shard.last_end = loc.end();
                 shard.last_end
             }
-            Change::Remove => match &found {
+            WholeChange::Remove => match &found {
                 Some(f) => {
                     let loc = self.append_with(|out| format::encode_tombstone(out, id.key))?;
                     shard.remove(&f.entry);

@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::clock::Timestamp;
+use crate::decision::{Acquisition, Completion};
 use crate::error::Result;
 use crate::identity::{IdempotencyKey, IdentityHash};
 use crate::record::Record;
@@ -22,15 +23,61 @@ pub(crate) struct Identity<'a> {
     pub(crate) hash: IdentityHash,
 }
 
-/// What a decision does to the stored record.
+/// What a decision does to the stored record. Reserve's and complete's
+/// changes carry only what they set, so engines holding records in memory
+/// write them in place; [`Change::into_whole`] turns them into whole
+/// records for the engines that store records whole.
 #[derive(Debug)]
-// `Put` is moved straight into storage; boxing it would add an allocation
-// to every write.
-#[allow(clippy::large_enum_variant)]
 pub(crate) enum Change {
     /// Nothing.
     Keep,
     /// Nothing durable; the stored record was replayed (engines count it).
+    Replayed,
+    /// Make the identity's record (absent, expired or taken over) in flight.
+    Acquire(Acquisition),
+    /// Complete the record found (always present: only a held record is
+    /// completed).
+    Complete(Completion),
+    /// Store this record in place of whatever was there (`extend`,
+    /// `checkpoint`: rare enough that the box's allocation costs nothing
+    /// that matters, and it keeps every `Change` small to move).
+    Put(Box<Record>),
+    /// Delete the record.
+    Remove,
+}
+
+impl Change {
+    /// The change as whole records, for engines that store them so.
+    /// `found` is the record the decision saw; a completion without one
+    /// (which the store never asks for: only a held record is completed)
+    /// changes nothing.
+    pub(crate) fn into_whole(self, key: &IdempotencyKey, found: Option<&Record>) -> WholeChange {
+        match self {
+            Change::Keep => WholeChange::Keep,
+            Change::Replayed => WholeChange::Replayed,
+            Change::Acquire(acquired) => WholeChange::Put(acquired.into_record(key)),
+            Change::Complete(done) => match found {
+                Some(held) => WholeChange::Put(done.applied_to(held)),
+                None => {
+                    debug_assert!(false, "a completion without a held record");
+                    WholeChange::Keep
+                }
+            },
+            Change::Put(record) => WholeChange::Put(*record),
+            Change::Remove => WholeChange::Remove,
+        }
+    }
+}
+
+/// A [`Change`] in whole records.
+#[derive(Debug)]
+// `Put` is moved straight into storage; boxing it would add an allocation
+// to every write.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum WholeChange {
+    /// Nothing.
+    Keep,
+    /// Nothing durable; the stored record was replayed.
     Replayed,
     /// Store this record in place of whatever was there.
     Put(Record),

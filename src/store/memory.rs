@@ -163,10 +163,20 @@ impl Engine for MemoryEngine {
                 match decide(Some(found)) {
                     Change::Keep => {}
                     Change::Replayed => found.replays = found.replays.saturating_add(1),
+                    Change::Acquire(acquired) => {
+                        acquired.apply(found);
+                        occupied.get_mut().expires_at = found.expires_at;
+                        *in_flight += u64::from(!was_in_flight);
+                    }
+                    Change::Complete(done) => {
+                        done.apply(found);
+                        occupied.get_mut().expires_at = found.expires_at;
+                        *in_flight -= u64::from(was_in_flight);
+                    }
                     Change::Put(record) => {
                         let now_in_flight = record.is_in_flight();
                         occupied.get_mut().expires_at = record.expires_at;
-                        *found = record;
+                        *found = *record;
                         *in_flight =
                             *in_flight + u64::from(now_in_flight) - u64::from(was_in_flight);
                     }
@@ -178,16 +188,21 @@ impl Engine for MemoryEngine {
                 }
             }
             Entry::Vacant(vacant) => {
-                if let Change::Put(record) = decide(None) {
-                    *in_flight += u64::from(record.is_in_flight());
-                    let expires_at = record.expires_at;
-                    let at = records.insert(record);
-                    vacant.insert(Slot {
-                        hash: id.hash.table,
-                        expires_at,
-                        at,
-                    });
-                }
+                // Only an acquisition (or a put) adds a record; the store
+                // completes or removes only records it holds.
+                let record = match decide(None) {
+                    Change::Acquire(acquired) => acquired.into_record(id.key),
+                    Change::Put(record) => *record,
+                    _ => return Ok(Wait::Ready),
+                };
+                *in_flight += u64::from(record.is_in_flight());
+                let expires_at = record.expires_at;
+                let at = records.insert(record);
+                vacant.insert(Slot {
+                    hash: id.hash.table,
+                    expires_at,
+                    at,
+                });
             }
         }
         Ok(Wait::Ready)

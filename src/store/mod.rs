@@ -661,24 +661,23 @@ impl Shared {
             let (result, change) = match decision::decide(found, fingerprint, now) {
                 Decision::Acquire { takeover } => {
                     let token = self.counters.next_token(id.hash.shard);
-                    let record = decision::acquired_record(
+                    let acquired = decision::acquisition(
                         found,
                         takeover,
-                        key,
                         fingerprint,
                         now,
                         lease_for,
                         ttl,
                         token,
                     );
-                    let acquired = Outcome::Acquired(Grant {
+                    let grant = Outcome::Acquired(Grant {
                         token,
-                        attempt: record.attempts,
-                        lease_until: now.saturating_add(lease_for),
+                        attempt: acquired.attempts,
+                        lease_until: acquired.lease_until,
                         ttl,
-                        checkpoint: record.checkpoint.clone(),
+                        checkpoint: acquired.checkpoint.clone(),
                     });
-                    ((acquired, takeover), Change::Put(record))
+                    ((grant, takeover), Change::Acquire(acquired))
                 }
                 Decision::Replay => {
                     let Some(r) = found else {
@@ -796,14 +795,14 @@ impl Shared {
         let mut response = Some(response);
         let retries = !self.engine.decides_once();
         let mut decided_twice = false;
-        let (answer, wait) = self.with_held(lease, hash, |held, now| {
+        let (answer, wait) = self.with_held(lease, hash, |_, now| {
             let response = if retries {
                 response.clone()
             } else {
                 response.take()
             };
             match response {
-                Some(response) => Change::Put(decision::completed_record(held, response, now, ttl)),
+                Some(response) => Change::Complete(decision::completion(response, now, ttl)),
                 None => {
                     decided_twice = true;
                     Change::Keep
@@ -847,7 +846,9 @@ impl Shared {
         let mut lease_until = lease.lease_until;
         let (answer, wait) = self.with_held(lease, hash, |held, now| {
             lease_until = now.saturating_add(lease_for);
-            Change::Put(decision::extended_record(held, now, lease_for, ttl))
+            Change::Put(Box::new(decision::extended_record(
+                held, now, lease_for, ttl,
+            )))
         });
         (answer.map(|()| lease_until), wait)
     }
@@ -867,7 +868,10 @@ impl Shared {
             return (Err(too_large), Wait::Ready);
         }
         self.with_held(lease, hash, |held, _| {
-            Change::Put(decision::checkpointed_record(held, checkpoint.clone()))
+            Change::Put(Box::new(decision::checkpointed_record(
+                held,
+                checkpoint.clone(),
+            )))
         })
     }
 
