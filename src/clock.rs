@@ -8,7 +8,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Milliseconds since the UNIX epoch.
 ///
@@ -72,16 +72,41 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
 }
 
 /// The operating system's wall clock.
+///
+/// On Linux it reads the coarse wall clock (`CLOCK_REALTIME_COARSE`): the
+/// kernel's time as of its last tick, 1 to 4 ms old depending on the
+/// kernel's tick rate. Leases and TTLs are seconds to hours, so a tick's
+/// lag changes no decision a caller can tell from a request arriving a
+/// tick later; in exchange a reading costs a few nanoseconds instead of the
+/// ~50 ns of the precise clock's timestamp-counter read, and every
+/// operation reads the clock (twice per reserve + complete). Elsewhere it
+/// reads [`SystemTime`](std::time::SystemTime).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
-        let since = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO);
-        Timestamp(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+        wall_clock()
     }
+}
+
+#[cfg(target_os = "linux")]
+fn wall_clock() -> Timestamp {
+    use rustix::time::{clock_gettime, ClockId};
+    let t = clock_gettime(ClockId::RealtimeCoarse);
+    // Before the epoch reads as the epoch, as `SystemTime` below does.
+    let secs = u64::try_from(t.tv_sec).unwrap_or(0);
+    let millis = u64::try_from(t.tv_nsec / 1_000_000).unwrap_or(0);
+    Timestamp(secs.saturating_mul(1_000).saturating_add(millis))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn wall_clock() -> Timestamp {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    Timestamp(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A clock that only moves when told to: the way tests exercise leases and
@@ -133,6 +158,7 @@ impl Clock for ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
 
     #[test]
     fn sub_millisecond_durations_round_up() {
@@ -151,6 +177,26 @@ mod tests {
         let b = Timestamp::from_millis(25);
         assert_eq!(b.saturating_duration_since(a), Duration::from_millis(15));
         assert_eq!(a.saturating_duration_since(b), Duration::ZERO);
+    }
+
+    /// The system clock is the wall clock, behind it by at most one kernel
+    /// tick (10 ms at the lowest tick rate Linux has), and never steps back
+    /// between readings.
+    #[test]
+    fn system_clock_reads_the_wall_clock_within_a_tick() {
+        let millis = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        let mut last = Timestamp::ZERO;
+        for _ in 0..1_000 {
+            let before = millis(SystemTime::now());
+            let now = SystemClock.now();
+            let after = millis(SystemTime::now());
+            assert!(
+                now.as_millis() + 10 >= before && now.as_millis() <= after,
+                "{before} <= {now:?} (+10 ms) <= {after}"
+            );
+            assert!(now >= last, "{now:?} after {last:?}");
+            last = now;
+        }
     }
 
     #[test]
