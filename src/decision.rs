@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use crate::clock::Timestamp;
 use crate::error::Error;
-use crate::fingerprint::Fingerprint;
+use crate::fingerprint::{Fingerprint, StoredFingerprint};
 use crate::identity::IdempotencyKey;
 use crate::record::{Record, RecordState};
 
@@ -41,7 +41,7 @@ pub fn decide(found: Option<&Record>, request: &Fingerprint, now: Timestamp) -> 
     let Some(record) = found.filter(|r| !r.is_expired(now)) else {
         return Decision::Acquire { takeover: false };
     };
-    let same = request.matches(&record.fingerprint);
+    let same = request.matches_stored(&record.fingerprint);
     match record.state {
         RecordState::InFlight { .. } if !same => Decision::Conflict { in_flight: true },
         RecordState::InFlight { lease_until } if now < lease_until => Decision::InProgress {
@@ -59,23 +59,31 @@ pub fn decide(found: Option<&Record>, request: &Fingerprint, now: Timestamp) -> 
 /// moving a whole record (four cache lines) through the decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Acquisition {
-    /// The request's fingerprint under its primary algorithm.
-    pub fingerprint: Fingerprint,
-    /// When the first reservation was made (kept across takeovers).
-    pub created_at: Timestamp,
-    /// When the new lease runs out.
-    pub lease_until: Timestamp,
-    /// When the in-flight record expires.
-    pub expires_at: Timestamp,
-    /// The new fencing token.
-    pub token: u64,
-    /// The attempt this reservation is (1 for the first).
-    pub attempts: u32,
-    /// The checkpoint carried over from an earlier attempt.
-    pub checkpoint: Option<Bytes>,
+    fingerprint: StoredFingerprint,
+    created_at: Timestamp,
+    lease_until: Timestamp,
+    expires_at: Timestamp,
+    token: u64,
+    attempts: u32,
+    checkpoint: Option<Bytes>,
 }
 
 impl Acquisition {
+    /// The attempt this reservation is (1 for the first).
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// When the new lease runs out.
+    pub fn lease_until(&self) -> Timestamp {
+        self.lease_until
+    }
+
+    /// The checkpoint carried over from an earlier attempt.
+    pub fn checkpoint(&self) -> Option<&Bytes> {
+        self.checkpoint.as_ref()
+    }
+
     /// The in-flight record of `key`.
     pub fn into_record(self, key: &IdempotencyKey) -> Record {
         Record {

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 
 use crate::clock::Timestamp;
-use crate::fingerprint::Fingerprint;
+use crate::fingerprint::{Fingerprint, StoredFingerprint};
 use crate::identity::IdempotencyKey;
 
 /// Where a record stands.
@@ -28,7 +28,7 @@ pub enum RecordState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub(crate) key: IdempotencyKey,
-    pub(crate) fingerprint: Fingerprint,
+    pub(crate) fingerprint: StoredFingerprint,
     pub(crate) state: RecordState,
     pub(crate) created_at: Timestamp,
     pub(crate) expires_at: Timestamp,
@@ -43,9 +43,10 @@ impl Record {
     pub fn key(&self) -> &IdempotencyKey {
         &self.key
     }
-    /// The fingerprint of the request that created it.
-    pub fn fingerprint(&self) -> &Fingerprint {
-        &self.fingerprint
+    /// The fingerprint of the request that created it (its primary
+    /// algorithm's digest; a record keeps no fallback).
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint.to_fingerprint()
     }
     /// In flight or completed.
     pub fn state(&self) -> &RecordState {

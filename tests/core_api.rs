@@ -113,7 +113,7 @@ fn in_flight_other_body_conflicts_and_never_shadows(e: Engine) {
     );
     let rec = h.store.lookup(&k).unwrap().unwrap();
     assert_eq!(rec.fencing_token(), token);
-    assert_eq!(rec.fingerprint(), &fp("a"));
+    assert_eq!(rec.fingerprint(), fp("a"));
     first.complete(&b"ok"[..]).unwrap();
 }
 
@@ -423,7 +423,7 @@ fn lookup_shows_the_whole_record(e: Engine) {
             lease_until: at(60_000)
         }
     );
-    assert_eq!(rec.fingerprint(), &fp("a"));
+    assert_eq!(rec.fingerprint(), fp("a"));
     assert_eq!(rec.created_at(), START);
     assert_eq!(rec.completed_at(), None);
     assert_eq!(rec.checkpoint().map(|b| &b[..]), Some(&b"cp"[..]));

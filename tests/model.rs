@@ -268,7 +268,7 @@ fn run(engine: Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         );
                         prop_assert_eq!(g.response().map(|b| b.to_vec()), r.response.clone());
                         prop_assert_eq!(g.checkpoint().map(|b| b.to_vec()), r.checkpoint.clone());
-                        prop_assert_eq!(g.fingerprint(), &bodies[r.body]);
+                        prop_assert_eq!(g.fingerprint(), bodies[r.body]);
                     }
                     (want, got) => prop_assert!(false, "lookup: model {:?}, store {:?}", want, got),
                 }

@@ -39,7 +39,7 @@ use crate::backend::Backend;
 use crate::clock::{duration_millis, Timestamp};
 use crate::config::{Config, Limits};
 use crate::error::{Error, Result};
-use crate::fingerprint::{Fingerprint, FingerprintAlgorithm};
+use crate::fingerprint::{Fingerprint, FingerprintAlgorithm, StoredFingerprint};
 use crate::identity::IdempotencyKey;
 use crate::record::{Record, RecordState};
 use crate::store::{Lease, Outcome, Replay, ReserveOptions};
@@ -418,7 +418,7 @@ fn decode_record(key: &IdempotencyKey, v: &[Value]) -> Result<Record> {
     };
     Ok(Record {
         key: key.clone(),
-        fingerprint: Fingerprint::from_parts(algorithm, digest),
+        fingerprint: StoredFingerprint::from_parts(algorithm, digest),
         state,
         created_at: timestamp(field(v, 4)?)?,
         expires_at: timestamp(field(v, 5)?)?,

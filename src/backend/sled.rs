@@ -74,7 +74,7 @@ use crate::clock::Timestamp;
 use crate::config::{Config, Durability};
 use crate::decision;
 use crate::error::{Error, Result};
-use crate::fingerprint::{Fingerprint, FingerprintAlgorithm};
+use crate::fingerprint::{FingerprintAlgorithm, StoredFingerprint};
 use crate::identity::IdempotencyKey;
 use crate::record::{Record, RecordState};
 use crate::store::engine::{
@@ -611,7 +611,7 @@ pub(crate) fn decode(value: &[u8]) -> Result<Record> {
     }
     Ok(Record {
         key: IdempotencyKey::from_stored(scope, key),
-        fingerprint: Fingerprint::from_parts(algorithm, digest),
+        fingerprint: StoredFingerprint::from_parts(algorithm, digest),
         state,
         created_at,
         expires_at,
@@ -664,11 +664,12 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::fingerprint::Fingerprint;
 
     fn sample(state: RecordState, checkpoint: Option<&'static [u8]>) -> Record {
         Record {
             key: IdempotencyKey::new([0u8, 1, 0xff], "key-1").unwrap(),
-            fingerprint: Fingerprint::of_bytes(b"body"),
+            fingerprint: Fingerprint::of_bytes(b"body").primary(),
             state,
             created_at: Timestamp::from_millis(1),
             expires_at: Timestamp::from_millis(0x0102_0304_0506_0708),

@@ -116,13 +116,22 @@ impl Fingerprint {
     }
 
     /// The fingerprint stored on a record: the primary algorithm only.
-    pub(crate) fn primary(&self) -> Fingerprint {
-        Fingerprint::from_parts(self.algorithm, self.digest)
+    pub(crate) fn primary(&self) -> StoredFingerprint {
+        StoredFingerprint {
+            algorithm: self.algorithm,
+            digest: self.digest,
+        }
     }
 
-    /// Whether this request matches a record stored with `stored`. A record
-    /// under an algorithm this request has no digest for does not match.
+    /// Whether this request matches a record stored with `stored` (its
+    /// primary digest; a record keeps no fallback). A record under an
+    /// algorithm this request has no digest for does not match.
     pub fn matches(&self, stored: &Fingerprint) -> bool {
+        self.matches_stored(&stored.primary())
+    }
+
+    /// [`Self::matches`] on a record's own copy.
+    pub(crate) fn matches_stored(&self, stored: &StoredFingerprint) -> bool {
         if stored.algorithm == self.algorithm {
             return stored.digest == self.digest;
         }
@@ -130,6 +139,43 @@ impl Fingerprint {
             Some((algorithm, digest)) => algorithm == stored.algorithm && digest == stored.digest,
             None => false,
         }
+    }
+}
+
+/// A fingerprint as a record keeps it: one algorithm and its digest. A
+/// record never keeps a fallback, so this takes 33 bytes where a
+/// [`Fingerprint`] takes 68; the in-memory store holds one per record.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct StoredFingerprint {
+    algorithm: FingerprintAlgorithm,
+    digest: [u8; 32],
+}
+
+impl StoredFingerprint {
+    /// A stored fingerprint from its parts, as a backend reads them.
+    pub(crate) fn from_parts(algorithm: FingerprintAlgorithm, digest: [u8; 32]) -> Self {
+        StoredFingerprint { algorithm, digest }
+    }
+
+    /// The algorithm it was computed with.
+    pub(crate) fn algorithm(&self) -> FingerprintAlgorithm {
+        self.algorithm
+    }
+
+    /// The 32-byte digest.
+    pub(crate) fn digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
+
+    /// The public form.
+    pub(crate) fn to_fingerprint(self) -> Fingerprint {
+        Fingerprint::from_parts(self.algorithm, self.digest)
+    }
+}
+
+impl fmt::Debug for StoredFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.to_fingerprint(), f)
     }
 }
 
@@ -358,7 +404,7 @@ mod tests {
         assert!(migrating.matches(&raw));
         assert!(migrating.matches(&json));
         assert!(!migrating.matches(&Fingerprint::of_bytes(b"{\"a\":2}")));
-        assert_eq!(migrating.primary(), json);
+        assert_eq!(migrating.primary().to_fingerprint(), json);
     }
 
     #[test]

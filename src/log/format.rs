@@ -5,7 +5,7 @@
 use bytes::Bytes;
 
 use crate::clock::Timestamp;
-use crate::fingerprint::{Fingerprint, FingerprintAlgorithm};
+use crate::fingerprint::{FingerprintAlgorithm, StoredFingerprint};
 use crate::identity::IdempotencyKey;
 use crate::record::{Record, RecordState};
 
@@ -374,7 +374,7 @@ pub(crate) fn decode_put(p: &[u8]) -> Result<Record, &'static str> {
     };
     Ok(Record {
         key: IdempotencyKey::from_stored(scope, key),
-        fingerprint: Fingerprint::from_parts(algorithm, digest),
+        fingerprint: StoredFingerprint::from_parts(algorithm, digest),
         state,
         created_at: Timestamp::from_millis(u64_at(p, 16)),
         expires_at: Timestamp::from_millis(u64_at(p, 24)),
@@ -388,6 +388,7 @@ pub(crate) fn decode_put(p: &[u8]) -> Result<Record, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fingerprint::Fingerprint;
     use std::time::Duration;
 
     fn record(response: Option<&'static [u8]>, checkpoint: Option<&'static [u8]>) -> Record {

@@ -672,10 +672,10 @@ impl Shared {
                     );
                     let grant = Outcome::Acquired(Grant {
                         token,
-                        attempt: acquired.attempts,
-                        lease_until: acquired.lease_until,
+                        attempt: acquired.attempts(),
+                        lease_until: acquired.lease_until(),
                         ttl,
-                        checkpoint: acquired.checkpoint.clone(),
+                        checkpoint: acquired.checkpoint().cloned(),
                     });
                     ((grant, takeover), Change::Acquire(acquired))
                 }

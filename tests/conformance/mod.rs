@@ -166,7 +166,7 @@ pub async fn row_absent_is_acquired<H: Harness>(h: H) {
 
     let r = record(&b, &k).await;
     assert_eq!(r.key(), &k);
-    assert!(f.matches(r.fingerprint()), "{r:?}");
+    assert!(f.matches(&r.fingerprint()), "{r:?}");
     assert_eq!(
         r.state(),
         &RecordState::InFlight {

@@ -86,14 +86,14 @@ pub fn view(store: &Store) -> idemlog::Result<View> {
             let seen = match r.state() {
                 RecordState::InFlight { .. } => Seen::InFlight {
                     token: r.fencing_token(),
-                    fingerprint: *r.fingerprint(),
+                    fingerprint: r.fingerprint(),
                     attempts: r.attempts(),
                     checkpoint: r.checkpoint().cloned(),
                     expires_at: r.expires_at(),
                 },
                 RecordState::Completed { response, .. } => Seen::Completed {
                     token: r.fencing_token(),
-                    fingerprint: *r.fingerprint(),
+                    fingerprint: r.fingerprint(),
                     attempts: r.attempts(),
                     response: response.clone(),
                     expires_at: r.expires_at(),
