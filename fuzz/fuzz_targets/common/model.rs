@@ -274,7 +274,7 @@ pub fn step_identity(step: &Step, held: &[Held]) -> Option<(u8, u8)> {
 /// The model record of a record read back from a store.
 pub fn from_record(r: &Record) -> ModelRecord {
     let body = (0..BODIES)
-        .find(|&b| r.fingerprint() == &fingerprint(b))
+        .find(|&b| r.fingerprint() == fingerprint(b))
         .expect("a record's fingerprint is one of the bodies");
     ModelRecord {
         body,
@@ -470,7 +470,7 @@ pub fn same_record(id: (u8, u8), got: Option<&Record>, expected: Option<&ModelRe
             assert_eq!(r.key(), &key(id));
             assert_eq!(
                 r.fingerprint(),
-                &fingerprint(m.body),
+                fingerprint(m.body),
                 "fingerprint of {id:?}"
             );
             assert_eq!(
