@@ -503,22 +503,12 @@ fn idemlog_recycled_row<'a>(id: &'static str, threads: usize, opts: &'a Options)
             .clock(clock.clone())
             .maintenance_interval(None)
             .build();
-        let forget_after = config.ttl + config.lease + Duration::from_secs(1);
         let store = Store::in_memory(config);
-        let fill = Options {
-            secs: opts.secs * 1.5,
-            only: Vec::new(),
-            ..*opts
-        };
-        let filled = drive(threads, &fill, &Keys::Fresh { seed }, 1, |_| {
-            Ok(idemlog_pair(store.clone()))
-        })?;
-        clock.advance(forget_after);
+        let filled = fill_and_age(&store, &clock, threads, opts, seed)?;
         let removed = store.run_maintenance().map_err(|e| e.to_string())?;
-        if removed.expired != filled.ops || store.stats().live_records != 0 {
+        if removed.expired != filled || store.stats().live_records != 0 {
             return Err(format!(
-                "the fill pass made {} records but maintenance removed {} ({} left)",
-                filled.ops,
+                "the fill pass made {filled} records but maintenance removed {} ({} left)",
                 removed.expired,
                 store.stats().live_records
             ));
@@ -528,6 +518,93 @@ fn idemlog_recycled_row<'a>(id: &'static str, threads: usize, opts: &'a Options)
             Ok(idemlog_pair(store.clone()))
         })?;
         m.rss_bytes_per_op = per_op(rss_before, common::rss_bytes(), m.ops);
+        Ok(m)
+    })
+}
+
+/// The fill pass of a recycled row: requests for half as long again as the
+/// measured pass, flushed, then the store's clock moved past every
+/// record's lease and TTL. Returns the requests made.
+fn fill_and_age(
+    store: &Store,
+    clock: &ManualClock,
+    threads: usize,
+    opts: &Options,
+    seed: u64,
+) -> Result<u64, String> {
+    let fill = Options {
+        secs: opts.secs * 1.5,
+        only: Vec::new(),
+        ..*opts
+    };
+    let filled = drive(threads, &fill, &Keys::Fresh { seed }, 1, |_| {
+        Ok(idemlog_pair(store.clone()))
+    })?;
+    store.flush().map_err(|e| e.to_string())?;
+    let config = store.config();
+    clock.advance(config.ttl + config.lease + Duration::from_secs(1));
+    Ok(filled.ops)
+}
+
+/// The durable `None` store in its steady state, where the log's oldest
+/// segments expire and are deleted, as in a server that has run longer than
+/// its TTL. A fill pass (half as long again as the measured one) writes
+/// records; the store's clock moves past their TTL and maintenance removes
+/// them and deletes every segment but the head; the measured pass appends
+/// fresh records. The deleted segments' page-cache pages are freed, so the
+/// measured pass's writes land in memory the machine has used before. On a
+/// freshly booted VM the growing row's writes are the first touch of guest
+/// memory, which costs the hypervisor several times the copy (see
+/// docs/BENCHMARKS.md, eleventh session); its gap to this row is that.
+fn idemlog_none_recycled_row<'a>(
+    id: &'static str,
+    threads: usize,
+    opts: &'a Options,
+) -> Planned<'a> {
+    let mut seed = 4_000;
+    let name = "idemlog durable None, log recycled";
+    plan(id, PAIR, name, threads, move || {
+        seed += 2;
+        let dir = common::scratch_dir("idemlog-").map_err(|e| e.to_string())?;
+        let clock = ManualClock::new(Timestamp::from_millis(1_700_000_000_000));
+        let config = Config::builder()
+            .durability(Durability::None)
+            .clock(clock.clone())
+            .maintenance_interval(None)
+            .build();
+        let store = Store::open(dir.path(), config).map_err(|e| e.to_string())?;
+        let filled = fill_and_age(&store, &clock, threads, opts, seed)?;
+        let disk_filled = common::disk_bytes(dir.path());
+        let (mut expired, mut deleted) = (0, 0);
+        loop {
+            let pass = store.run_maintenance().map_err(|e| e.to_string())?;
+            expired += pass.expired;
+            deleted += pass.segments_deleted;
+            if !pass.more_work && pass.segments_deleted == 0 {
+                break;
+            }
+        }
+        let disk_left = common::disk_bytes(dir.path());
+        if expired != filled || store.stats().live_records != 0 || deleted == 0 {
+            return Err(format!(
+                "the fill pass made {filled} records but maintenance expired {expired} ({} left) and deleted {deleted} segments",
+                store.stats().live_records
+            ));
+        }
+        if disk_left * 2 > disk_filled {
+            return Err(format!(
+                "maintenance left {disk_left} of the fill pass's {disk_filled} bytes on disk"
+            ));
+        }
+        let rss_before = common::rss_bytes();
+        let mut m = drive(threads, opts, &Keys::Fresh { seed: seed + 1 }, 1, |_| {
+            Ok(idemlog_pair(store.clone()))
+        })?;
+        store.flush().map_err(|e| e.to_string())?;
+        m.rss_bytes_per_op = per_op(rss_before, common::rss_bytes(), m.ops);
+        let disk = common::disk_bytes(dir.path()).saturating_sub(disk_left);
+        m.disk_bytes_per_op = (disk > 0).then(|| disk as f64 / m.ops as f64);
+        drop(store);
         Ok(m)
     })
 }
@@ -1605,9 +1682,20 @@ fn print_targets(rows: &[Row]) {
             ceiling("mem-2-recycled"),
             "",
         ),
+        (
+            "in-memory floor / sled default 2 thr",
+            ratio("floor-mem-2", "sled-2"),
+            "×",
+        ),
+        ("None recycled, 2 thr, pairs/s", ops("none-2-recycled"), ""),
+        (
+            "None recycled / sled default 2 thr",
+            ratio("none-2-recycled", "sled-2"),
+            "×",
+        ),
     ];
     if memory_bounds.iter().any(|(_, v, _)| v.is_some()) {
-        println!("Bounds (in-memory pairs/s on {cores} cores; not targets):");
+        println!("Bounds (pairs/s on {cores} cores; not targets):");
         for (name, value, unit) in memory_bounds {
             print_bound(name, value, unit);
         }
@@ -1672,6 +1760,9 @@ fn main() {
 
     for (id, system, threads) in &durable {
         planned.push(idemlog_pairs_row(id, system, *threads, &opts));
+        if *id == "none-2" {
+            planned.push(idemlog_none_recycled_row("none-2-recycled", 2, &opts));
+        }
     }
     planned.push(idemlog_async_row("sync-64-async", &durable_sync, 64, &opts));
     planned.push(group_commit_floor_row(64, &opts));
@@ -1763,6 +1854,7 @@ fn main() {
     println!("  * sled's flush() uses sync_file_range (plus fsync of its own metadata only when needed), which is weaker than fdatasync: it does not flush the disk's write cache or file metadata.");
     println!("  * idemlog durable rows: disk B/op includes the preallocated 64 MiB segment, so rows with few operations (Sync 1) show large figures; footprint.rs measures bytes per record.");
     println!("  * Sync, async tasks: 64 tokio tasks on a runtime with one worker per core, requests through the Backend trait (as the HTTP layer makes them); a task's fdatasync wait is a future, so no OS thread per caller. Its CPU µs/op is the whole process's (workers and the writer thread).");
+    println!("  * durable None, log recycled: the 2-thread None row in its steady state. A fill pass writes records, the store's clock moves past their TTL, maintenance removes them and deletes their segments, and the measured pass appends fresh records to a log whose freed page-cache memory the machine has used before, as in a server that has run longer than its TTL. On a freshly booted VM the growing row pays the hypervisor for every first-touched page of page cache.");
     println!("  * in-memory floor: the 2-thread in-memory row's requests, clock readings and responses on a map that does only what any store shared by threads must (benches/floor/memory.rs): a keyed SipHash per identity, 64 mutex-guarded shards, an entry with the identity, fingerprint, token, expiry and response; no leases, takeovers, expiry pass or counters. The most any in-memory store can reach with this harness on this machine; it runs after the recycled row and may reuse its freed memory (its RAM B/op shows how much), which can only help it.");
     println!("  * group-commit floor: the same 64 tasks, runtime and timing around a log with no store (benches/floor/group_commit.rs): each task appends its record's bytes and waits; one thread gathers them as idemlog's Sync log does, writes them to a file prepared like the disk rows' and syncs. The most any store can reach with 64 async tasks on this machine.");
     print_records_per_sync(&rows);
