@@ -576,12 +576,17 @@ fn idemlog_none_recycled_row<'a>(
         let filled = fill_and_age(&store, &clock, threads, opts, seed)?;
         let disk_filled = common::disk_bytes(dir.path());
         let (mut expired, mut deleted) = (0, 0);
-        loop {
+        for passes in 1.. {
             let pass = store.run_maintenance().map_err(|e| e.to_string())?;
             expired += pass.expired;
             deleted += pass.segments_deleted;
             if !pass.more_work && pass.segments_deleted == 0 {
                 break;
+            }
+            if passes == 1_000 {
+                return Err(format!(
+                    "maintenance still had work after {passes} passes ({deleted} segments deleted)"
+                ));
             }
         }
         let disk_left = common::disk_bytes(dir.path());
