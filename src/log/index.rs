@@ -106,8 +106,16 @@ impl Entry {
         self.meta |= LEASE_VOID;
     }
 
-    pub(crate) fn is_expired(&self, now: Timestamp) -> bool {
-        now.as_millis() >= u64::from(self.expires_secs) * 1000
+    /// Whether the entry has expired once `now_secs` whole seconds have
+    /// passed ([`whole_secs`]): its expiry was rounded up, so it never goes
+    /// before the record's own.
+    fn expired_by(&self, now_secs: u64) -> bool {
+        u64::from(self.expires_secs) <= now_secs
+    }
+
+    #[cfg(test)]
+    fn is_expired(&self, now: Timestamp) -> bool {
+        self.expired_by(whole_secs(now))
     }
 
     pub(crate) fn same_place(&self, other: &Entry) -> bool {
@@ -130,6 +138,60 @@ pub(crate) struct SegmentLive {
     pub(crate) bytes: u64,
     /// Bytes of those that expire within the reclaim horizon.
     pub(crate) expiring: u64,
+}
+
+/// Whole seconds elapsed at `now`, the unit of an entry's expiry.
+fn whole_secs(now: Timestamp) -> u64 {
+    now.as_millis() / 1000
+}
+
+/// Live frame bytes of every segment from the oldest to the head, as one
+/// expiry pass counts them. Kept by distance from the head in a dense
+/// vector: the pass adds to it once per entry, so a lookup must be an index,
+/// not a search.
+#[derive(Debug)]
+pub(crate) struct LiveBySegment {
+    head: u32,
+    /// Index: how many segments before the head.
+    by_distance: Vec<SegmentLive>,
+}
+
+impl LiveBySegment {
+    /// Counts for the `span` segments that end at `head`.
+    pub(crate) fn new(head: u32, span: usize) -> Self {
+        LiveBySegment {
+            head,
+            by_distance: vec![SegmentLive::default(); span],
+        }
+    }
+
+    /// Adds a live entry's frame bytes to its segment. Entries in segments
+    /// outside the span (rolled after the head was read) are not counted:
+    /// the pass never frees those.
+    fn add(&mut self, e: &Entry, len: u64, expiring: bool) {
+        let distance = self.head.wrapping_sub(e.segment_bits()) & SEGMENT_MASK;
+        if let Some(seg) = self.by_distance.get_mut(distance as usize) {
+            seg.bytes += len;
+            if expiring {
+                seg.expiring += len;
+            }
+        }
+    }
+
+    /// What was counted for segment `id` (nothing, if it is outside the
+    /// span).
+    pub(crate) fn get(&self, id: u32) -> SegmentLive {
+        let distance = self.head.wrapping_sub(id) & SEGMENT_MASK;
+        self.by_distance
+            .get(distance as usize)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Live bytes of every segment in the span.
+    pub(crate) fn total_bytes(&self) -> u64 {
+        self.by_distance.iter().map(|s| s.bytes).sum()
+    }
 }
 
 /// An in-flight record kept whole, found by its entry's place on disk.
@@ -267,20 +329,19 @@ impl Shard {
     }
 
     /// Removes the entries expired at `now`, adding the frame bytes of the
-    /// others to `live` by segment (`head`: the log's head segment id), and
-    /// separately those of entries that expire by `soon`; returns how many
-    /// were removed.
+    /// others to `live` by segment, and separately those of entries that
+    /// expire by `soon`; returns how many were removed.
     pub(crate) fn expire(
         &mut self,
         now: Timestamp,
         soon: Timestamp,
-        head: u32,
-        live: &mut std::collections::BTreeMap<u32, SegmentLive>,
+        live: &mut LiveBySegment,
     ) -> u64 {
         let mut gone = Vec::new();
         let long_lens = &self.long_lens;
+        let (now_secs, soon_secs) = (whole_secs(now), whole_secs(soon));
         self.table.retain(|e| {
-            if e.is_expired(now) {
+            if e.expired_by(now_secs) {
                 gone.push(*e);
                 return false;
             }
@@ -288,11 +349,7 @@ impl Shard {
                 Some(n) => n,
                 None => long_lens.get(&e.place()).copied().unwrap_or(0),
             });
-            let seg = live.entry(e.segment(head)).or_default();
-            seg.bytes += len;
-            if e.is_expired(soon) {
-                seg.expiring += len;
-            }
+            live.add(e, len, e.expired_by(soon_secs));
             true
         });
         for e in &gone {
@@ -402,5 +459,66 @@ mod tests {
         s.remove(&moved);
         assert_eq!(s.live_bytes, 0);
         assert!(s.long_lens.is_empty() && s.replays.is_empty() && s.table.len() == 0);
+    }
+
+    #[test]
+    fn expiry_pass_counts_live_bytes_by_segment() {
+        // The span wraps past the 24 bits an entry keeps of its segment id.
+        let head = 0x0100_0001;
+        let oldest = 0x00FF_FFFE;
+        let mut s = Shard::default();
+        let at = |seg, hash: u32, len, expires| {
+            Entry::new(hash, loc(seg, 64 * hash, len), false, expires)
+        };
+        let (gone, kept, soon, long, newer) = (
+            at(oldest, 1, 100, 4_000),
+            at(oldest, 2, 200, 60_000),
+            at(oldest + 1, 3, 300, 7_000),
+            at(head, 4, 1 << 20, 60_000),
+            // Rolled after the pass read the head: not counted.
+            at(head + 1, 5, 500, 60_000),
+        );
+        for (e, len) in [
+            (gone, 100),
+            (kept, 200),
+            (soon, 300),
+            (long, 1 << 20),
+            (newer, 500),
+        ] {
+            s.insert(e, len, 0);
+        }
+        let mut live = LiveBySegment::new(head, 4);
+        let expired = s.expire(
+            Timestamp::from_millis(4_000),
+            Timestamp::from_millis(7_000),
+            &mut live,
+        );
+        assert_eq!(expired, 1);
+        assert_eq!(s.table.len(), 4);
+        assert_eq!(
+            live.get(oldest),
+            SegmentLive {
+                bytes: 200,
+                expiring: 0
+            }
+        );
+        assert_eq!(
+            live.get(oldest + 1),
+            SegmentLive {
+                bytes: 300,
+                expiring: 300
+            }
+        );
+        assert_eq!(live.get(oldest + 2), SegmentLive::default());
+        assert_eq!(
+            live.get(head),
+            SegmentLive {
+                bytes: 1 << 20,
+                expiring: 0
+            }
+        );
+        assert_eq!(live.get(head + 1), SegmentLive::default());
+        assert_eq!(live.get(oldest - 1), SegmentLive::default());
+        assert_eq!(live.total_bytes(), 500 + (1 << 20));
     }
 }

@@ -21,11 +21,10 @@
 //! third, while the log takes more than 1.5 times its live bytes), bounded
 //! bytes per pass.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::engine::LogEngine;
-use super::index::SegmentLive;
+use super::index::{LiveBySegment, SegmentLive};
 use super::segment::Segment;
 use crate::clock::Timestamp;
 use crate::error::Result;
@@ -50,11 +49,13 @@ pub(super) fn maintain(engine: &LogEngine, now: Timestamp) -> Result<Maintenance
     let mut report = MaintenanceReport::default();
     // 1. Expire entries, one shard at a time, and count live bytes per
     //    segment, and those of them that expire within the horizon.
-    let mut live: BTreeMap<u32, SegmentLive> = BTreeMap::new();
     let head = engine.log.head_id();
+    let oldest = engine.log.segments.read().keys().next().copied();
+    let span = oldest.map_or(0, |oldest| head.wrapping_sub(oldest) as usize + 1);
+    let mut live = LiveBySegment::new(head, span);
     let soon = now.saturating_add(engine.reclaim_horizon);
     for shard in engine.shards.iter() {
-        report.expired += shard.lock().expire(now, soon, head, &mut live);
+        report.expired += shard.lock().expire(now, soon, &mut live);
     }
     // 2. Free the oldest segments.
     let segments: Vec<(u32, u64)> = engine
@@ -65,7 +66,7 @@ pub(super) fn maintain(engine: &LogEngine, now: Timestamp) -> Result<Maintenance
         .map(|s| (s.id, s.size))
         .collect();
     let copy_budget = segments.first().map_or(0, |s| s.1);
-    let live_total: u64 = live.values().map(|l| l.bytes).sum();
+    let live_total = live.total_bytes();
     let on_disk = engine.log.bytes_on_disk();
     let mut copied = 0u64;
     let mut doomed = Vec::new();
@@ -80,7 +81,7 @@ pub(super) fn maintain(engine: &LogEngine, now: Timestamp) -> Result<Maintenance
         let SegmentLive {
             bytes: live_bytes,
             expiring,
-        } = live.get(&id).copied().unwrap_or_default();
+        } = live.get(id);
         if live_bytes == 0 {
             doomed.push(id);
             continue;
