@@ -9,6 +9,10 @@
 //! only the stores whose name contains `durable`. Results are also written to
 //! `target/idemlog-bench/footprint.jsonl`.
 //!
+//! Each load row also times lookups of loaded keys on one thread, first on
+//! a quiet store and then while another thread runs maintenance passes back
+//! to back: how long a request can wait behind the expiry sweep.
+//!
 //! After the load rows it measures the durable store's disk in steady state
 //! under TTL churn (`--no-steady` skips it): the same number of records stays
 //! live while old ones expire and maintenance gives their space back, which
@@ -18,9 +22,8 @@ mod common;
 
 use std::io::Write;
 use std::path::Path;
-use std::time::Instant;
-
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use idemlog::{Config, Durability, Fingerprint, ManualClock, Outcome, Store, Timestamp};
 
@@ -100,6 +103,70 @@ struct Footprint {
     /// One maintenance pass over the loaded store with nothing expired: what
     /// the background thread costs every interval at this size.
     maintenance_secs: f64,
+    /// Lookups of loaded keys with nothing else running.
+    lookups_quiet: Latencies,
+    /// Lookups of loaded keys while maintenance passes run back to back.
+    lookups_sweeping: Latencies,
+}
+
+/// Tail latencies of one thread's lookups, in microseconds.
+#[derive(Debug, Clone, Copy)]
+struct Latencies {
+    p99_us: f64,
+    p999_us: f64,
+    /// Maintenance passes run meanwhile.
+    passes: u64,
+}
+
+/// How long each lookup probe runs.
+const LOOKUP_PROBE: Duration = Duration::from_millis(1500);
+
+/// Looks up `keys` in turn for [`LOOKUP_PROBE`], with maintenance passes
+/// running back to back on another thread if `sweeping`.
+fn lookup_latencies(
+    store: &Store,
+    keys: &[idemlog::IdempotencyKey],
+    sweeping: bool,
+) -> Result<Latencies, String> {
+    let stop = AtomicBool::new(false);
+    let mut nanos: Vec<u64> = Vec::with_capacity(4 << 20);
+    let passes = std::thread::scope(|s| {
+        let sweeper = s.spawn(|| {
+            let mut passes = 0u64;
+            while sweeping && !stop.load(Ordering::Relaxed) {
+                store.run_maintenance().map_err(|e| e.to_string())?;
+                passes += 1;
+            }
+            Ok::<u64, String>(passes)
+        });
+        let started = Instant::now();
+        let probed = (|| {
+            for key in keys.iter().cycle() {
+                let t = Instant::now();
+                let found = store.lookup(key).map_err(|e| e.to_string())?;
+                nanos.push(t.elapsed().as_nanos() as u64);
+                if found.is_none() {
+                    return Err(format!("loaded key {key:?} not found"));
+                }
+                if nanos.len().is_multiple_of(1024) && started.elapsed() >= LOOKUP_PROBE {
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        stop.store(true, Ordering::Relaxed);
+        let passes = sweeper
+            .join()
+            .map_err(|_| "the maintenance thread panicked")??;
+        probed.map(|()| passes)
+    })?;
+    nanos.sort_unstable();
+    let at = |q: f64| nanos[((nanos.len() - 1) as f64 * q) as usize] as f64 / 1e3;
+    Ok(Latencies {
+        p99_us: at(0.99),
+        p999_us: at(0.999),
+        passes,
+    })
 }
 
 fn measure(subject: &Subject, opts: &Options) -> Result<Footprint, String> {
@@ -136,6 +203,19 @@ fn measure(subject: &Subject, opts: &Options) -> Result<Footprint, String> {
         .zip(common::rss_bytes())
         .map(|(before, after)| per_record(after.saturating_sub(before)));
     let disk = per_record(common::disk_bytes(dir.path()));
+    // The probe's keys are spread over the whole load (the RSS is measured
+    // already, so what they take does not count).
+    let mut gen = KeyGen::new(0xF00D);
+    let stride = (opts.records / 4096).max(1);
+    let mut keys = Vec::new();
+    for i in 0..opts.records {
+        let k = gen.next_key();
+        if i.is_multiple_of(stride) {
+            keys.push(store.key(SCOPE, key_str(&k)).map_err(|e| e.to_string())?);
+        }
+    }
+    let lookups_quiet = lookup_latencies(&store, &keys, false)?;
+    let lookups_sweeping = lookup_latencies(&store, &keys, true)?;
     drop(store);
     let reopen_secs = match subject.reopen {
         None => None,
@@ -159,6 +239,8 @@ fn measure(subject: &Subject, opts: &Options) -> Result<Footprint, String> {
         disk_bytes_per_record: disk,
         reopen_secs,
         maintenance_secs,
+        lookups_quiet,
+        lookups_sweeping,
     })
 }
 
@@ -309,8 +391,9 @@ fn measure_one(i: usize, opts: &Options, jsonl_path: &Path) {
     };
     match measure(&subject, opts) {
         Ok(f) => {
+            let tail = |l: Latencies| format!("{:.1} / {:.1}", l.p99_us, l.p999_us);
             println!(
-                "{:<24} {:>10.2} {:>14} {:>15.0} {:>12} {:>16.1}",
+                "{:<24} {:>10.2} {:>14} {:>15.0} {:>12} {:>16.1} {:>20} {:>22}",
                 subject.name,
                 f.load_secs,
                 f.ram_bytes_per_record
@@ -318,6 +401,8 @@ fn measure_one(i: usize, opts: &Options, jsonl_path: &Path) {
                 f.disk_bytes_per_record,
                 f.reopen_secs.map_or("n/a".into(), |s| format!("{s:.3}")),
                 f.maintenance_secs * 1e3,
+                tail(f.lookups_quiet),
+                tail(f.lookups_sweeping),
             );
             let line = serde_json::json!({
                 "system": subject.name,
@@ -328,6 +413,11 @@ fn measure_one(i: usize, opts: &Options, jsonl_path: &Path) {
                 "disk_bytes_per_record": f.disk_bytes_per_record.round(),
                 "reopen_s": f.reopen_secs,
                 "maintenance_pass_s": f.maintenance_secs,
+                "lookup_p99_us": f.lookups_quiet.p99_us,
+                "lookup_p999_us": f.lookups_quiet.p999_us,
+                "lookup_sweeping_p99_us": f.lookups_sweeping.p99_us,
+                "lookup_sweeping_p999_us": f.lookups_sweeping.p999_us,
+                "sweeping_passes": f.lookups_sweeping.passes,
             });
             append_line(jsonl_path, &line);
         }
@@ -355,8 +445,15 @@ fn main() {
         common::filesystem_of(&root)
     );
     println!(
-        "{:<24} {:>10} {:>14} {:>15} {:>12} {:>16}",
-        "store", "load s", "RAM B/record", "disk B/record", "reopen s", "maintenance ms"
+        "{:<24} {:>10} {:>14} {:>15} {:>12} {:>16} {:>20} {:>22}",
+        "store",
+        "load s",
+        "RAM B/record",
+        "disk B/record",
+        "reopen s",
+        "maintenance ms",
+        "lookup p99/p99.9 µs",
+        "same, while sweeping"
     );
     let _ = std::fs::File::create(&jsonl_path);
     let exe = std::env::current_exe().expect("the bench knows its own path");
@@ -396,8 +493,10 @@ fn main() {
         "RAM B/record = growth of the measuring process's resident set (VmRSS) over the load / records; \
          the in-memory store keeps each response in RAM, so it includes the {} B response. \
          maintenance ms = one expiry pass with nothing expired (the background thread runs one per interval, default 1 s, or after 15 times the last pass if that is longer). \
+         lookup p99/p99.9 = one thread looking up loaded keys for {:.1} s, on a quiet store, then while another thread runs maintenance passes back to back (far more often than the background thread does). \
          Framed log bytes per pair for these records: reserve {} B + complete {} B.",
         opts.response_bytes,
+        LOOKUP_PROBE.as_secs_f64(),
         common::RESERVE_FRAME_LEN,
         common::complete_frame_len(opts.response_bytes)
     );

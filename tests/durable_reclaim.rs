@@ -4,10 +4,11 @@
 mod durable_support;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use durable_support::*;
-use idemlog::{Clock, Config, Durability, Outcome, ReserveOptions, Store};
+use idemlog::{Clock, Config, Durability, Outcome, ReserveOptions, Store, Timestamp};
 
 fn cfg(clock: &idemlog::ManualClock) -> Config {
     Config::builder()
@@ -336,4 +337,125 @@ fn evenly_spread_ttls_keep_disk_within_twice_live_bytes() {
         copied * 10 <= total,
         "{copied} records copied forward for {total} written"
     );
+}
+
+/// Maintenance sweeps a shard's table in steps and lets requests in between
+/// them. With two writers adding records all along (so the table grows and
+/// is rebuilt in the middle of sweeps) and every pass freeing segments, no
+/// live record may go missing, then or after a reopen.
+#[test]
+fn passes_beside_writers_lose_no_live_record() {
+    const PER_WRITER: u64 = 30_000;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let config = || {
+        Config::builder()
+            .clock(clock.clone())
+            .durability(Durability::None)
+            .maintenance_interval(None)
+            // Records live 5 s (so the reclaim horizon is 625 ms), and no
+            // lease runs out between a writer's reserve and complete.
+            .ttl(Duration::from_secs(5))
+            .lease(Duration::from_secs(3600))
+            // One shard, so it holds many sweep steps' worth of entries.
+            .shards(1)
+            .segment_size(256 << 10)
+            .build()
+    };
+    let store = Store::open(dir.path(), config()).unwrap();
+    // Time moves with the work: 0.25 ms per record written.
+    let records_written = AtomicU64::new(0);
+    let writers_done = AtomicU64::new(0);
+    // (key, clock before its reserve and after its completion, TTL in ms,
+    // response byte)
+    let mut written: Vec<(String, u64, u64, u64, u8)> = Vec::new();
+    let (mut passes, mut deleted, mut most_live) = (0u64, 0u64, 0u64);
+    std::thread::scope(|s| {
+        let writers: Vec<_> = (0..2u64)
+            .map(|w| {
+                let (store, clock) = (&store, &clock);
+                let (records_written, writers_done) = (&records_written, &writers_done);
+                s.spawn(move || {
+                    // Counted done even if a request panics, so that the
+                    // maintenance loop below ends and the panic shows.
+                    let _done = OnDrop(|| {
+                        writers_done.fetch_add(1, Ordering::SeqCst);
+                    });
+                    let mut mine = Vec::new();
+                    for i in 0..PER_WRITER {
+                        let k = format!("w{w}-{i}");
+                        // One in 500 outlives its neighbours: its segment
+                        // is freed once the few such records in it are
+                        // copied forward, and an undercount would free it
+                        // under them.
+                        let ttl = if i % 500 == 0 { 60_000 } else { 5_000 };
+                        let before = clock.now().as_millis();
+                        let opts = ReserveOptions::default().ttl(Duration::from_millis(ttl));
+                        let Outcome::Acquired(r) =
+                            store.reserve_with(&key(&k), &fp(&k), opts).unwrap()
+                        else {
+                            panic!("{k} was not acquired")
+                        };
+                        r.complete(vec![i as u8; 100]).unwrap();
+                        let after = clock.now().as_millis();
+                        mine.push((k, before, after, ttl, i as u8));
+                        records_written.fetch_add(1, Ordering::SeqCst);
+                    }
+                    mine
+                })
+            })
+            .collect();
+        while writers_done.load(Ordering::SeqCst) < 2 {
+            let due = T0 + records_written.load(Ordering::SeqCst) / 4;
+            if clock.now().as_millis() < due {
+                clock.set(Timestamp::from_millis(due));
+            }
+            let report = store.run_maintenance().unwrap();
+            passes += 1;
+            deleted += report.segments_deleted;
+            most_live = most_live.max(store.stats().live_records);
+        }
+        for w in writers {
+            written.extend(w.join().unwrap());
+        }
+    });
+    assert!(passes >= 10, "{passes} passes");
+    assert!(deleted > 0, "no segment was freed in {passes} passes");
+    assert!(
+        most_live > 4 * 4096,
+        "the shard held {most_live} entries at most: about one sweep step's worth"
+    );
+    let check = |store: &Store| {
+        let now = clock.now().as_millis();
+        let mut live = 0;
+        for (k, before, after, ttl, byte) in &written {
+            let got = store.lookup(&key(k)).unwrap();
+            if now < before + ttl {
+                let r = got.unwrap_or_else(|| panic!("{k} lost"));
+                assert_eq!(
+                    r.response().map(|b| b.to_vec()),
+                    Some(vec![*byte; 100]),
+                    "{k}"
+                );
+                live += 1;
+            } else if now >= after + ttl {
+                assert!(got.is_none(), "{k} expired but came back");
+            }
+        }
+        live
+    };
+    assert!(check(&store) > 0, "nothing was left live to check");
+    store.flush().unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), config()).unwrap();
+    check(&store);
+}
+
+/// Runs its closure when dropped, panicking or not.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
 }

@@ -23,8 +23,10 @@
 
 use std::time::Duration;
 
+use parking_lot::MutexGuard;
+
 use super::engine::LogEngine;
-use super::index::{LiveBySegment, SegmentLive};
+use super::index::{LiveBySegment, SegmentLive, ShardSweep};
 use super::segment::Segment;
 use crate::clock::Timestamp;
 use crate::error::Result;
@@ -47,15 +49,27 @@ pub(super) fn maintain(engine: &LogEngine, now: Timestamp) -> Result<Maintenance
     let _pass = engine.reclaiming.lock();
     engine.log.check()?;
     let mut report = MaintenanceReport::default();
-    // 1. Expire entries, one shard at a time, and count live bytes per
-    //    segment, and those of them that expire within the horizon.
+    // 1. Expire entries, one shard at a time and each in steps (see
+    //    `ShardSweep`), and count live bytes per segment, and those of them
+    //    that expire within the horizon.
     let head = engine.log.head_id();
     let oldest = engine.log.segments.read().keys().next().copied();
     let span = oldest.map_or(0, |oldest| head.wrapping_sub(oldest) as usize + 1);
     let mut live = LiveBySegment::new(head, span);
     let soon = now.saturating_add(engine.reclaim_horizon);
     for shard in engine.shards.iter() {
-        report.expired += shard.lock().expire(now, soon, &mut live);
+        let mut sweep = ShardSweep::new(now, soon, head, span);
+        loop {
+            let mut guard = shard.lock();
+            if sweep.step(&mut guard) {
+                break;
+            }
+            // Hand the lock to a request waiting for it, if any, rather
+            // than take it straight back.
+            MutexGuard::unlock_fair(guard);
+        }
+        report.expired += sweep.expired;
+        live.absorb(&sweep.live);
     }
     // 2. Free the oldest segments.
     let segments: Vec<(u32, u64)> = engine

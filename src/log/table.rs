@@ -41,6 +41,10 @@ pub(crate) struct EntryTable {
     len: usize,
     /// Slots holding a tombstone.
     tombstones: usize,
+    /// Bumped by every rebuild, the only thing that moves an entry: a
+    /// sweep made in steps knows from it whether the positions it has
+    /// passed still hold the entries it saw.
+    layout: u64,
 }
 
 impl EntryTable {
@@ -171,6 +175,7 @@ impl EntryTable {
         let old = std::mem::replace(&mut self.groups, vec![Group::EMPTY; groups]);
         self.len = 0;
         self.tombstones = 0;
+        self.layout += 1;
         for e in old.iter().flat_map(|g| g.0.iter()) {
             if is_live(e) {
                 self.place(*e);
@@ -179,8 +184,31 @@ impl EntryTable {
     }
 
     /// Keeps only the entries for which `keep` holds.
-    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
-        for g in 0..self.groups.len() {
+    #[cfg(test)]
+    pub(crate) fn retain(&mut self, keep: impl FnMut(&Entry) -> bool) {
+        self.retain_groups(0..self.groups.len(), keep);
+        self.tidy();
+    }
+
+    /// How many groups the table has; a sweep walks them by index.
+    pub(crate) fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Changes whenever entries move (see the field).
+    pub(crate) fn layout(&self) -> u64 {
+        self.layout
+    }
+
+    /// Keeps only the entries of the groups in `range` for which `keep`
+    /// holds. Removing leaves tombstones and never moves an entry; call
+    /// [`EntryTable::tidy`] once a sweep has passed every group.
+    pub(crate) fn retain_groups(
+        &mut self,
+        range: std::ops::Range<usize>,
+        mut keep: impl FnMut(&Entry) -> bool,
+    ) {
+        for g in range {
             for i in 0..GROUP {
                 let e = self.groups[g].0[i];
                 if is_live(&e) && !keep(&e) {
@@ -188,10 +216,13 @@ impl EntryTable {
                 }
             }
         }
-        // Many removals leave many tombstones, and probes would run long;
-        // after a burst has expired the table would hold memory it no
-        // longer needs. Rebuild at a size the live entries fill to at most
-        // 3/8.
+    }
+
+    /// Rebuilds the table after a sweep if it needs it. Many removals leave
+    /// many tombstones, and probes would run long; after a burst has
+    /// expired the table would hold memory it no longer needs. Rebuild at a
+    /// size the live entries fill to at most 3/8.
+    pub(crate) fn tidy(&mut self) {
         let sparse = self.len * 16 < self.slots() && self.groups.len() > MIN_GROUPS;
         if self.tombstones * 4 > self.slots() || sparse || (self.len == 0 && self.tombstones > 0) {
             let mut groups = if self.len == 0 { 0 } else { MIN_GROUPS };
