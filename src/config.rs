@@ -44,7 +44,11 @@ pub enum Durability {
         /// Longest time a written record may stay unsynced.
         max_delay: Duration,
     },
-    /// Never synced: for tests and caches.
+    /// Never synced: for tests and caches. Records wait in the process
+    /// for a background write (every 10 ms, or once 1 MiB is buffered; at
+    /// 4 MiB a caller writes them itself), so a process crash loses at most
+    /// those, and power loss whatever the operating system had not yet
+    /// written.
     None,
 }
 
