@@ -366,15 +366,20 @@ fn passes_beside_writers_lose_no_live_record() {
     // Time moves with the work: 0.25 ms per record written.
     let records_written = AtomicU64::new(0);
     let writers_done = AtomicU64::new(0);
+    // Passes finished; a writer waits for the next one after every
+    // 1,000 records, so passes and writes interleave however the two
+    // cores are shared.
+    let passes_done = AtomicU64::new(0);
     // (key, clock before its reserve and after its completion, TTL in ms,
     // response byte)
     let mut written: Vec<(String, u64, u64, u64, u8)> = Vec::new();
-    let (mut passes, mut deleted, mut most_live) = (0u64, 0u64, 0u64);
+    let (mut deleted, mut most_live) = (0u64, 0u64);
     std::thread::scope(|s| {
         let writers: Vec<_> = (0..2u64)
             .map(|w| {
                 let (store, clock) = (&store, &clock);
                 let (records_written, writers_done) = (&records_written, &writers_done);
+                let passes_done = &passes_done;
                 s.spawn(move || {
                     // Counted done even if a request panics, so that the
                     // maintenance loop below ends and the panic shows.
@@ -400,6 +405,12 @@ fn passes_beside_writers_lose_no_live_record() {
                         let after = clock.now().as_millis();
                         mine.push((k, before, after, ttl, i as u8));
                         records_written.fetch_add(1, Ordering::SeqCst);
+                        if i % 1_000 == 999 {
+                            let seen = passes_done.load(Ordering::SeqCst);
+                            while passes_done.load(Ordering::SeqCst) == seen {
+                                std::thread::yield_now();
+                            }
+                        }
                     }
                     mine
                 })
@@ -411,7 +422,7 @@ fn passes_beside_writers_lose_no_live_record() {
                 clock.set(Timestamp::from_millis(due));
             }
             let report = store.run_maintenance().unwrap();
-            passes += 1;
+            passes_done.fetch_add(1, Ordering::SeqCst);
             deleted += report.segments_deleted;
             most_live = most_live.max(store.stats().live_records);
         }
@@ -419,7 +430,8 @@ fn passes_beside_writers_lose_no_live_record() {
             written.extend(w.join().unwrap());
         }
     });
-    assert!(passes >= 10, "{passes} passes");
+    let passes = passes_done.load(Ordering::SeqCst);
+    assert!(passes >= PER_WRITER / 1_000, "{passes} passes");
     assert!(deleted > 0, "no segment was freed in {passes} passes");
     assert!(
         most_live > 4 * 4096,
