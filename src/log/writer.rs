@@ -42,12 +42,10 @@ use crate::error::{Error, Poison, Result};
 /// In `None` mode, the buffer is written once it holds this much...
 const WRITE_AT: usize = 1 << 20;
 /// ...and a caller writes it itself (back-pressure) past this much. This
-/// bounds what a process crash loses and the buffers a burst leaves
-/// behind: at 16 MiB, a 1 M-record load sometimes ended holding two 8 MiB
-/// buffers (RAM per record 47–66 B instead of 39–42 B, footprint bench),
-/// and the 2-thread `None` row was no faster (three pairs: 1.05–1.12 M
-/// pairs/s against 1.10–1.15 M at 4 MiB; whole-request p99 2.0 against
-/// 2.6–2.9 µs).
+/// bounds what a process crash loses and the buffers a burst leaves behind
+/// (at 16 MiB a 1 M-record load could end holding two 8 MiB buffers); the
+/// 2-thread `None` row was no faster at 16 MiB (docs/BENCHMARKS.md,
+/// twelfth session).
 const WRITE_MYSELF_AT: usize = 4 << 20;
 /// Bytes a mark frame takes.
 const MARK_ROOM: u64 = 64;
