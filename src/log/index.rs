@@ -663,13 +663,19 @@ mod tests {
         )
     }
 
+    /// The same sweep with no steps: what a whole-shard hold counts.
+    fn sweep_at_10s_in_one_step(s: &mut Shard) -> ShardSweep {
+        let mut sweep = sweep_at_10s();
+        sweep.restarts = SWEEP_RESTARTS;
+        assert!(sweep.step(s), "a sweep past its restarts takes one step");
+        sweep
+    }
+
     #[test]
     fn a_sweep_in_steps_counts_what_a_sweep_in_one_does() {
         let n = 40_000;
         let mut whole = striped_shard(n);
-        let mut once = sweep_at_10s();
-        once.restarts = SWEEP_RESTARTS;
-        assert!(once.step(&mut whole));
+        let once = sweep_at_10s_in_one_step(&mut whole);
         let mut stepped = striped_shard(n);
         let mut sweep = sweep_at_10s();
         let mut steps = 1;
@@ -704,9 +710,7 @@ mod tests {
         while !sweep.step(&mut s) {}
         assert_eq!(sweep.restarts, 1);
         // Every older entry that is still live is counted exactly once.
-        let mut exact = sweep_at_10s();
-        exact.restarts = SWEEP_RESTARTS;
-        assert!(exact.step(&mut s));
+        let exact = sweep_at_10s_in_one_step(&mut s);
         assert_eq!(exact.expired, 0, "the sweep removed everything due");
         assert_eq!(
             live_bytes_by_segment(&sweep.live),
@@ -738,9 +742,7 @@ mod tests {
         );
         while !sweep.step(&mut s) {}
         assert_eq!(sweep.restarts, 0);
-        let mut exact = sweep_at_10s();
-        exact.restarts = SWEEP_RESTARTS;
-        assert!(exact.step(&mut s));
+        let exact = sweep_at_10s_in_one_step(&mut s);
         for id in 10..14 {
             assert!(
                 sweep.live.get(id).bytes >= exact.live.get(id).bytes,

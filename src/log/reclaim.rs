@@ -49,12 +49,23 @@ pub(super) fn maintain(engine: &LogEngine, now: Timestamp) -> Result<Maintenance
     let _pass = engine.reclaiming.lock();
     engine.log.check()?;
     let mut report = MaintenanceReport::default();
+    // The segments, read after the head so the list holds it. Only a pass
+    // deletes segments, and those rolled later lie past the head, which
+    // the pass never frees: one list serves both steps.
+    let head = engine.log.head_id();
+    let segments: Vec<(u32, u64)> = engine
+        .log
+        .segments
+        .read()
+        .values()
+        .map(|s| (s.id, s.size))
+        .collect();
+    let span = segments
+        .first()
+        .map_or(0, |&(oldest, _)| head.wrapping_sub(oldest) as usize + 1);
     // 1. Expire entries, one shard at a time and each in steps (see
     //    `ShardSweep`), and count live bytes per segment, and those of them
     //    that expire within the horizon.
-    let head = engine.log.head_id();
-    let oldest = engine.log.segments.read().keys().next().copied();
-    let span = oldest.map_or(0, |oldest| head.wrapping_sub(oldest) as usize + 1);
     let mut live = LiveBySegment::new(head, span);
     let soon = now.saturating_add(engine.reclaim_horizon);
     for shard in engine.shards.iter() {
@@ -72,13 +83,6 @@ pub(super) fn maintain(engine: &LogEngine, now: Timestamp) -> Result<Maintenance
         live.absorb(&sweep.live);
     }
     // 2. Free the oldest segments.
-    let segments: Vec<(u32, u64)> = engine
-        .log
-        .segments
-        .read()
-        .values()
-        .map(|s| (s.id, s.size))
-        .collect();
     let copy_budget = segments.first().map_or(0, |s| s.1);
     let live_total = live.total_bytes();
     let on_disk = engine.log.bytes_on_disk();
