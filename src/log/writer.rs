@@ -43,7 +43,7 @@ use crate::error::{Error, Poison, Result};
 const WRITE_AT: usize = 1 << 20;
 /// ...and a caller writes it itself (back-pressure) past this much. This
 /// bounds what a process crash loses and the buffers a burst leaves behind
-/// (at 16 MiB a 1 M-record load could end holding two 8 MiB buffers); the
+/// (at 16 MiB a 1 M-record load could end holding 8 MiB buffers); the
 /// 2-thread `None` row was no faster at 16 MiB (docs/BENCHMARKS.md,
 /// twelfth session).
 const WRITE_MYSELF_AT: usize = 4 << 20;
