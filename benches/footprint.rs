@@ -9,9 +9,13 @@
 //! only the stores whose name contains `durable`. Results are also written to
 //! `target/idemlog-bench/footprint.jsonl`.
 //!
-//! Each load row also times lookups of loaded keys on one thread, first on
-//! a quiet store and then while another thread runs maintenance passes back
-//! to back: how long a request can wait behind the expiry sweep.
+//! Each load row also times lookups of loaded keys on one thread: on a
+//! quiet store, while another thread runs maintenance passes back to back
+//! with nothing due, and while those passes each expire a slice of the
+//! records (the load spreads expiries over [`EXPIRY_TICKS`] clock ticks, and
+//! each pass moves the clock one tick on), as in a server whose oldest
+//! records are always coming due: how long a request can wait behind the
+//! expiry sweep.
 //!
 //! After the load rows it measures the durable store's disk in steady state
 //! under TTL churn (`--no-steady` skips it): the same number of records stays
@@ -29,11 +33,33 @@ use idemlog::{Config, Durability, Fingerprint, ManualClock, Outcome, Store, Time
 
 use common::{key_str, KeyGen, SCOPE};
 
-/// A store to measure. `reopen` is `None` for stores with nothing to reopen.
+/// A store to measure, on the bench's clock. `reopen` is `None` for stores
+/// with nothing to reopen.
 struct Subject {
     name: &'static str,
-    open: fn(&Path) -> idemlog::Result<Store>,
-    reopen: Option<fn(&Path) -> idemlog::Result<Store>>,
+    open: fn(&Path, &ManualClock) -> idemlog::Result<Store>,
+    reopen: Option<fn(&Path, &ManualClock) -> idemlog::Result<Store>>,
+}
+
+/// The TTL of loaded records. The clock only moves as the bench moves it,
+/// so nothing expires until the expiring probe sets it past this.
+const LOAD_TTL: Duration = Duration::from_secs(3600);
+
+/// The load moves the clock one [`EXPIRY_TICK`] per `records / EXPIRY_TICKS`
+/// records, so the expiring probe's passes each find about that many due,
+/// spread over every shard.
+const EXPIRY_TICKS: usize = 2000;
+
+/// A whole second: the durable index keeps expiries in whole seconds.
+const EXPIRY_TICK: Duration = Duration::from_secs(1);
+
+/// The bench's configuration: its clock, [`LOAD_TTL`], and no background
+/// maintenance (the bench runs every pass itself).
+fn config(clock: &ManualClock) -> idemlog::ConfigBuilder {
+    Config::builder()
+        .clock(clock.clone())
+        .ttl(LOAD_TTL)
+        .maintenance_interval(None)
 }
 
 /// The stores measured. The durable store loads with `Durability::None`
@@ -43,16 +69,13 @@ fn subjects() -> Vec<Subject> {
     vec![
         Subject {
             name: "idemlog in-memory",
-            open: |_| Ok(Store::in_memory(Config::default())),
+            open: |_, clock| Ok(Store::in_memory(config(clock).build())),
             reopen: None,
         },
         Subject {
             name: "idemlog durable",
-            open: |dir| {
-                let config = Config::builder().durability(Durability::None).build();
-                Store::open(dir, config)
-            },
-            reopen: Some(|dir| Store::open(dir, Config::default())),
+            open: |dir, clock| Store::open(dir, config(clock).durability(Durability::None).build()),
+            reopen: Some(|dir, clock| Store::open(dir, config(clock).build())),
         },
     ]
 }
@@ -105,8 +128,12 @@ struct Footprint {
     maintenance_secs: f64,
     /// Lookups of loaded keys with nothing else running.
     lookups_quiet: Latencies,
-    /// Lookups of loaded keys while maintenance passes run back to back.
+    /// Lookups of loaded keys while maintenance passes with nothing due run
+    /// back to back.
     lookups_sweeping: Latencies,
+    /// Lookups of loaded keys while back-to-back passes each expire about
+    /// `records / EXPIRY_TICKS` records.
+    lookups_expiring: Latencies,
 }
 
 /// Tail latencies of one thread's lookups, in microseconds.
@@ -116,28 +143,45 @@ struct Latencies {
     p999_us: f64,
     /// Maintenance passes run meanwhile.
     passes: u64,
+    /// Records those passes expired.
+    expired: u64,
+}
+
+/// What runs beside the lookups.
+#[derive(Clone, Copy, PartialEq)]
+enum Beside {
+    Nothing,
+    /// Passes back to back, with the clock still.
+    Sweeping,
+    /// Passes back to back, each after moving the clock one tick, so each
+    /// finds records due. Lookups may then miss expired keys.
+    Expiring,
 }
 
 /// How long each lookup probe runs.
 const LOOKUP_PROBE: Duration = Duration::from_millis(1500);
 
-/// Looks up `keys` in turn for [`LOOKUP_PROBE`], with maintenance passes
-/// running back to back on another thread if `sweeping`.
+/// Looks up `keys` in turn for [`LOOKUP_PROBE`], with `beside` running on
+/// another thread.
 fn lookup_latencies(
     store: &Store,
+    clock: &ManualClock,
     keys: &[idemlog::IdempotencyKey],
-    sweeping: bool,
+    beside: Beside,
 ) -> Result<Latencies, String> {
     let stop = AtomicBool::new(false);
     let mut nanos: Vec<u64> = Vec::with_capacity(4 << 20);
-    let passes = std::thread::scope(|s| {
+    let (passes, expired) = std::thread::scope(|s| {
         let sweeper = s.spawn(|| {
-            let mut passes = 0u64;
-            while sweeping && !stop.load(Ordering::Relaxed) {
-                store.run_maintenance().map_err(|e| e.to_string())?;
+            let (mut passes, mut expired) = (0u64, 0u64);
+            while beside != Beside::Nothing && !stop.load(Ordering::Relaxed) {
+                if beside == Beside::Expiring {
+                    clock.advance(EXPIRY_TICK);
+                }
+                expired += store.run_maintenance().map_err(|e| e.to_string())?.expired;
                 passes += 1;
             }
-            Ok::<u64, String>(passes)
+            Ok::<(u64, u64), String>((passes, expired))
         });
         let started = Instant::now();
         let probed = (|| {
@@ -145,7 +189,7 @@ fn lookup_latencies(
                 let t = Instant::now();
                 let found = store.lookup(key).map_err(|e| e.to_string())?;
                 nanos.push(t.elapsed().as_nanos() as u64);
-                if found.is_none() {
+                if found.is_none() && beside != Beside::Expiring {
                     return Err(format!("loaded key {key:?} not found"));
                 }
                 if nanos.len().is_multiple_of(1024) && started.elapsed() >= LOOKUP_PROBE {
@@ -160,12 +204,16 @@ fn lookup_latencies(
             .map_err(|_| "the maintenance thread panicked")??;
         probed.map(|()| passes)
     })?;
+    if beside == Beside::Expiring && passes > 0 && expired == 0 {
+        return Err(format!("{passes} passes on a moving clock expired nothing"));
+    }
     nanos.sort_unstable();
     let at = |q: f64| nanos[((nanos.len() - 1) as f64 * q) as usize] as f64 / 1e3;
     Ok(Latencies {
         p99_us: at(0.99),
         p999_us: at(0.999),
         passes,
+        expired,
     })
 }
 
@@ -173,12 +221,18 @@ fn measure(subject: &Subject, opts: &Options) -> Result<Footprint, String> {
     let dir = common::scratch_dir("footprint-").map_err(|e| e.to_string())?;
     let fp = Fingerprint::of_bytes(br#"{"amount":1200,"currency":"eur"}"#);
     let response: Vec<u8> = (0..opts.response_bytes).map(|i| i as u8).collect();
+    let loaded_at = Timestamp::from_millis(1_000_000_000);
+    let clock = ManualClock::new(loaded_at);
     let rss_before = common::rss_bytes();
-    let store = (subject.open)(dir.path()).map_err(|e| e.to_string())?;
+    let store = (subject.open)(dir.path(), &clock).map_err(|e| e.to_string())?;
     let mut gen = KeyGen::new(0xF00D);
+    let per_tick = (opts.records / EXPIRY_TICKS).max(1);
     let started = Instant::now();
-    for _ in 0..opts.records {
+    for i in 1..=opts.records {
         complete_fresh(&store, &gen.next_key(), &fp, &response)?;
+        if i.is_multiple_of(per_tick) {
+            clock.advance(EXPIRY_TICK);
+        }
     }
     store.flush().map_err(|e| e.to_string())?;
     let load_secs = started.elapsed().as_secs_f64();
@@ -214,14 +268,14 @@ fn measure(subject: &Subject, opts: &Options) -> Result<Footprint, String> {
             keys.push(store.key(SCOPE, key_str(&k)).map_err(|e| e.to_string())?);
         }
     }
-    let lookups_quiet = lookup_latencies(&store, &keys, false)?;
-    let lookups_sweeping = lookup_latencies(&store, &keys, true)?;
-    drop(store);
-    let reopen_secs = match subject.reopen {
-        None => None,
+    let lookups_quiet = lookup_latencies(&store, &clock, &keys, Beside::Nothing)?;
+    let lookups_sweeping = lookup_latencies(&store, &clock, &keys, Beside::Sweeping)?;
+    let (store, reopen_secs) = match subject.reopen {
+        None => (store, None),
         Some(reopen) => {
+            drop(store);
             let started = Instant::now();
-            let store = reopen(dir.path()).map_err(|e| e.to_string())?;
+            let store = reopen(dir.path(), &clock).map_err(|e| e.to_string())?;
             let secs = started.elapsed().as_secs_f64();
             let live = store.stats().live_records;
             if live != opts.records as u64 {
@@ -230,9 +284,12 @@ fn measure(subject: &Subject, opts: &Options) -> Result<Footprint, String> {
                     opts.records
                 ));
             }
-            Some(secs)
+            (store, Some(secs))
         }
     };
+    // The first records loaded are due at the first tick.
+    clock.set(loaded_at.saturating_add(LOAD_TTL));
+    let lookups_expiring = lookup_latencies(&store, &clock, &keys, Beside::Expiring)?;
     Ok(Footprint {
         load_secs,
         ram_bytes_per_record: ram,
@@ -241,6 +298,7 @@ fn measure(subject: &Subject, opts: &Options) -> Result<Footprint, String> {
         maintenance_secs,
         lookups_quiet,
         lookups_sweeping,
+        lookups_expiring,
     })
 }
 
@@ -393,7 +451,7 @@ fn measure_one(i: usize, opts: &Options, jsonl_path: &Path) {
         Ok(f) => {
             let tail = |l: Latencies| format!("{:.1} / {:.1}", l.p99_us, l.p999_us);
             println!(
-                "{:<24} {:>10.2} {:>14} {:>15.0} {:>12} {:>16.1} {:>20} {:>22}",
+                "{:<24} {:>10.2} {:>14} {:>15.0} {:>12} {:>16.1} {:>20} {:>22} {:>22}",
                 subject.name,
                 f.load_secs,
                 f.ram_bytes_per_record
@@ -403,6 +461,7 @@ fn measure_one(i: usize, opts: &Options, jsonl_path: &Path) {
                 f.maintenance_secs * 1e3,
                 tail(f.lookups_quiet),
                 tail(f.lookups_sweeping),
+                tail(f.lookups_expiring),
             );
             let line = serde_json::json!({
                 "system": subject.name,
@@ -418,6 +477,10 @@ fn measure_one(i: usize, opts: &Options, jsonl_path: &Path) {
                 "lookup_sweeping_p99_us": f.lookups_sweeping.p99_us,
                 "lookup_sweeping_p999_us": f.lookups_sweeping.p999_us,
                 "sweeping_passes": f.lookups_sweeping.passes,
+                "lookup_expiring_p99_us": f.lookups_expiring.p99_us,
+                "lookup_expiring_p999_us": f.lookups_expiring.p999_us,
+                "expiring_passes": f.lookups_expiring.passes,
+                "expiring_records_expired": f.lookups_expiring.expired,
             });
             append_line(jsonl_path, &line);
         }
@@ -445,7 +508,7 @@ fn main() {
         common::filesystem_of(&root)
     );
     println!(
-        "{:<24} {:>10} {:>14} {:>15} {:>12} {:>16} {:>20} {:>22}",
+        "{:<24} {:>10} {:>14} {:>15} {:>12} {:>16} {:>20} {:>22} {:>22}",
         "store",
         "load s",
         "RAM B/record",
@@ -453,7 +516,8 @@ fn main() {
         "reopen s",
         "maintenance ms",
         "lookup p99/p99.9 µs",
-        "same, while sweeping"
+        "same, while sweeping",
+        "same, while expiring"
     );
     let _ = std::fs::File::create(&jsonl_path);
     let exe = std::env::current_exe().expect("the bench knows its own path");
@@ -493,10 +557,12 @@ fn main() {
         "RAM B/record = growth of the measuring process's resident set (VmRSS) over the load / records; \
          the in-memory store keeps each response in RAM, so it includes the {} B response. \
          maintenance ms = one expiry pass with nothing expired (the background thread runs one per interval, default 1 s, or after 15 times the last pass if that is longer). \
-         lookup p99/p99.9 = one thread looking up loaded keys for {:.1} s, on a quiet store, then while another thread runs maintenance passes back to back (far more often than the background thread does). \
+         lookup p99/p99.9 = one thread looking up loaded keys for {:.1} s, on a quiet store, then while another thread runs maintenance passes back to back (far more often than the background thread does) with nothing due, \
+         then with each pass expiring the next 1/{} of the records (the durable store's on its reopened store). \
          Framed log bytes per pair for these records: reserve {} B + complete {} B.",
         opts.response_bytes,
         LOOKUP_PROBE.as_secs_f64(),
+        EXPIRY_TICKS,
         common::RESERVE_FRAME_LEN,
         common::complete_frame_len(opts.response_bytes)
     );
