@@ -2,7 +2,7 @@
 
 use crossbeam_utils::CachePadded;
 use hashbrown::hash_table::{Entry, HashTable};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use super::engine::{Change, Engine, EngineStats, Identity, MaintenanceReport, Wait};
 use crate::clock::Timestamp;
@@ -114,12 +114,133 @@ struct Shard {
     /// while a large store's records are still young, took ~3 % of the
     /// cores in the compare bench and held each shard's lock for the scan.
     earliest_expiry: Timestamp,
+    /// Bumped before any write that may move the table's entries to other
+    /// buckets (a rehash, in place or into a larger table), so that a sweep
+    /// made in steps knows it may have passed some entries over.
+    layout: u64,
 }
+
+impl Shard {
+    /// Notes that the next insertion will rehash the table: hashbrown
+    /// rehashes exactly when a table with no growth left takes one more
+    /// entry, and `entry` reserves that room before it looks.
+    fn note_rehash_ahead(&mut self) {
+        if self.table.len() == self.table.capacity() {
+            self.layout += 1;
+        }
+    }
+}
+
+/// Table buckets one sweep step visits under its shard's lock. A step
+/// takes a few µs, about what a few requests take; a whole shard of a
+/// 10 M-record store in one hold kept requests to it waiting ~200 µs at
+/// the p99 (`footprint`, "while expiring").
+const SWEEP_STEP_BUCKETS: usize = 4096;
 
 /// Records kept in memory only; lost when the store is dropped.
 pub(crate) struct MemoryEngine {
     shards: Box<[CachePadded<Mutex<Shard>>]>,
     mask: usize,
+    /// Held by a maintenance pass: two passes at once would each reset and
+    /// rebuild the shards' expiry bounds under the other.
+    passing: Mutex<()>,
+}
+
+/// One shard's part of a maintenance pass, made in steps of
+/// [`SWEEP_STEP_BUCKETS`] with the lock released in between.
+///
+/// Between steps requests may add, change and remove entries. Each visited
+/// entry is judged on its own expiry, so nothing live is removed. The
+/// shard's bound must stay a lower bound of what it holds: the sweep sets
+/// it to `Timestamp::MAX` when it starts, writes lower it as always, and
+/// the last step lowers it to the earliest expiry kept. An entry added
+/// behind the sweep is covered by its write; one whose expiry moved is
+/// covered by its write or read afresh when visited. Only a rehash between
+/// steps can move an unvisited entry behind the sweep; then nothing is
+/// known of what was passed over, the bound falls to zero, and the next
+/// pass visits the shard again.
+struct ShardSweep {
+    now: Timestamp,
+    /// The next bucket to visit.
+    next_bucket: usize,
+    /// The shard's layout when the sweep started.
+    layout: u64,
+    kept_earliest: Timestamp,
+    started: bool,
+}
+
+impl ShardSweep {
+    fn new(now: Timestamp) -> Self {
+        ShardSweep {
+            now,
+            next_bucket: 0,
+            layout: 0,
+            kept_earliest: Timestamp::MAX,
+            started: false,
+        }
+    }
+
+    /// Visits the next buckets, moving the records due into `removed` (to
+    /// be dropped once the lock is released); true when the shard is done.
+    fn step(&mut self, shard: &mut Shard, removed: &mut Vec<Record>) -> bool {
+        let Shard {
+            table,
+            records,
+            in_flight,
+            earliest_expiry,
+            layout,
+        } = shard;
+        if !self.started {
+            if self.now < *earliest_expiry {
+                return true;
+            }
+            self.started = true;
+            self.layout = *layout;
+            *earliest_expiry = Timestamp::MAX;
+        }
+        let end = (self.next_bucket + SWEEP_STEP_BUCKETS).min(table.num_buckets());
+        let before = removed.len();
+        let mut group = self.next_bucket;
+        while group < end {
+            // Which of the next 64 buckets are full, found without a branch
+            // per bucket: a branch on each bucket's fullness, which is
+            // random, mispredicted often enough to double a pass's time.
+            let width = (end - group).min(64);
+            let mut full = 0u64;
+            for k in 0..width {
+                full |= u64::from(table.get_bucket(group + k).is_some()) << k;
+            }
+            while full != 0 {
+                let bucket = group + full.trailing_zeros() as usize;
+                full &= full - 1;
+                // (Record::is_expired, on the slot's copy of the expiry.)
+                let Ok(entry) = table.get_bucket_entry(bucket) else {
+                    continue;
+                };
+                let expires_at = entry.get().expires_at;
+                if self.now < expires_at {
+                    self.kept_earliest = self.kept_earliest.min(expires_at);
+                } else {
+                    let (slot, _) = entry.remove();
+                    removed.extend(records.remove(slot.at));
+                }
+            }
+            group += width;
+        }
+        *in_flight -= removed[before..]
+            .iter()
+            .filter(|r| r.is_in_flight())
+            .count() as u64;
+        self.next_bucket = end;
+        if end < table.num_buckets() {
+            return false;
+        }
+        if *layout != self.layout {
+            self.kept_earliest = Timestamp::ZERO;
+        }
+        *earliest_expiry = (*earliest_expiry).min(self.kept_earliest);
+        true
+    }
 }
 
 impl MemoryEngine {
@@ -133,10 +254,12 @@ impl MemoryEngine {
                         records: RecordSlab::default(),
                         in_flight: 0,
                         earliest_expiry: Timestamp::MAX,
+                        layout: 0,
                     }))
                 })
                 .collect(),
             mask: n - 1,
+            passing: Mutex::new(()),
         }
     }
 
@@ -152,11 +275,13 @@ impl Engine for MemoryEngine {
         decide: &mut dyn FnMut(Option<&Record>) -> Change,
     ) -> Result<Wait> {
         let mut guard = self.shard(&id).lock();
+        guard.note_rehash_ahead();
         let Shard {
             table,
             records,
             in_flight,
             earliest_expiry,
+            ..
         } = &mut *guard;
         let framed = id.key.framed();
         let entry = table.entry(
@@ -235,43 +360,30 @@ impl Engine for MemoryEngine {
     }
 
     fn maintain(&self, now: Timestamp) -> Result<MaintenanceReport> {
+        let _pass = self.passing.lock();
         let mut report = MaintenanceReport::default();
-        // One shard at a time, so no lock is held for more than one shard's
-        // worth of records.
+        // Records are unlinked under the lock and dropped after it: freeing
+        // hundreds of responses is most of a pass's work, and requests to
+        // the shard wait for the lock meanwhile.
         let mut removed: Vec<Record> = Vec::new();
         for shard in self.shards.iter() {
-            {
+            let mut sweep = ShardSweep::new(now);
+            loop {
                 let mut guard = shard.lock();
-                let Shard {
-                    table,
-                    records,
-                    in_flight,
-                    earliest_expiry,
-                } = &mut *guard;
-                if now < *earliest_expiry {
-                    continue;
+                let done = sweep.step(&mut guard, &mut removed);
+                if done {
+                    drop(guard);
+                } else {
+                    // Hand the lock to a request waiting for it, if any,
+                    // rather than take it straight back.
+                    MutexGuard::unlock_fair(guard);
                 }
-                // Records are unlinked under the lock and dropped after it:
-                // freeing hundreds of responses is most of a pass's work,
-                // and requests to this shard wait for the lock meanwhile.
-                // (Record::is_expired, on the slot's copy of the expiry.)
-                let mut kept_earliest = Timestamp::MAX;
-                let due = table.extract_if(|s| {
-                    let expired = now >= s.expires_at;
-                    if !expired {
-                        kept_earliest = kept_earliest.min(s.expires_at);
-                    }
-                    expired
-                });
-                for slot in due {
-                    removed.extend(records.remove(slot.at));
+                report.expired += removed.len() as u64;
+                removed.clear();
+                if done {
+                    break;
                 }
-                *earliest_expiry = kept_earliest;
-                let in_flight_expired = removed.iter().filter(|r| r.is_in_flight()).count() as u64;
-                *in_flight -= in_flight_expired;
             }
-            report.expired += removed.len() as u64;
-            removed.clear();
         }
         Ok(report)
     }
@@ -291,6 +403,7 @@ impl Engine for MemoryEngine {
 mod tests {
     use std::time::Duration;
 
+    use super::Engine as _;
     use crate::{Config, Fingerprint, ManualClock, Outcome, ReserveOptions, Store, Timestamp};
 
     const SECOND: Duration = Duration::from_secs(1);
@@ -537,6 +650,335 @@ mod tests {
             assert_eq!(record.key(), key);
         }
         assert_eq!(store.stats().live_records, keys.len() as u64);
+    }
+
+    /// A one-shard engine driven directly: records put with a chosen
+    /// expiry (in seconds from 0), changed and removed.
+    struct Direct {
+        engine: super::MemoryEngine,
+        hasher: crate::identity::IdentityHasher,
+        keys: Vec<crate::IdempotencyKey>,
+        /// Table hashes chosen by the test instead of the hasher's.
+        forced: std::collections::HashMap<usize, u64>,
+        token: u64,
+    }
+
+    fn at(secs: u64) -> Timestamp {
+        Timestamp::from_millis(secs * 1_000)
+    }
+
+    impl Direct {
+        fn new() -> Self {
+            Direct {
+                engine: super::MemoryEngine::new(1),
+                hasher: crate::identity::IdentityHasher::new(),
+                keys: Vec::new(),
+                forced: Default::default(),
+                token: 0,
+            }
+        }
+
+        fn hash(&self, i: usize) -> crate::identity::IdentityHash {
+            let mut hash = self.hasher.hash(&self.keys[i]);
+            if let Some(&table) = self.forced.get(&i) {
+                hash.table = table;
+            }
+            hash
+        }
+
+        fn key(&mut self, i: usize) -> crate::IdempotencyKey {
+            while self.keys.len() <= i {
+                let k = crate::IdempotencyKey::new("t", format!("k{}", self.keys.len())).unwrap();
+                self.keys.push(k);
+            }
+            self.keys[i].clone()
+        }
+
+        /// Acquires key `i` (a takeover if it is there) so that its record
+        /// expires at `expires` seconds.
+        fn put(&mut self, i: usize, expires: u64) {
+            let key = self.key(i);
+            self.token += 1;
+            let token = self.token;
+            let lease = Duration::from_secs(expires / 2);
+            let ttl = Duration::from_secs(expires - expires / 2);
+            let fp = Fingerprint::of_bytes(b"body");
+            let id = super::Identity {
+                key: &key,
+                hash: self.hash(i),
+            };
+            let wait = self
+                .engine
+                .update(id, &mut |found| {
+                    super::Change::Acquire(crate::decision::acquisition(
+                        found,
+                        true,
+                        &fp,
+                        at(0),
+                        lease,
+                        ttl,
+                        token,
+                    ))
+                })
+                .unwrap();
+            assert_eq!(wait, super::Wait::Ready);
+        }
+
+        fn remove(&mut self, i: usize) {
+            let key = self.key(i);
+            let id = super::Identity {
+                key: &key,
+                hash: self.hash(i),
+            };
+            let wait = self
+                .engine
+                .update(id, &mut |_| super::Change::Remove)
+                .unwrap();
+            assert_eq!(wait, super::Wait::Ready);
+        }
+
+        /// Key `i`'s expiry and bucket, if it is there.
+        fn find(&mut self, i: usize) -> Option<(Timestamp, usize)> {
+            let key = self.key(i);
+            let hash = self.hash(i).table;
+            let shard = self.engine.shards[0].lock();
+            let bucket = shard.table.find_bucket_index(hash, |s| {
+                s.hash == hash && shard.records.key(s.at) == key.framed()
+            })?;
+            let slot = shard.table.get_bucket(bucket)?;
+            Some((slot.expires_at, bucket))
+        }
+
+        /// The shard's bound is at or below every expiry it holds, and
+        /// every slot's expiry is its record's.
+        fn assert_bound_holds(&self) {
+            let shard = self.engine.shards[0].lock();
+            for slot in shard.table.iter() {
+                assert!(
+                    shard.earliest_expiry <= slot.expires_at,
+                    "bound {:?} above an expiry {:?}",
+                    shard.earliest_expiry,
+                    slot.expires_at
+                );
+                assert_eq!(slot.expires_at, shard.records.get(slot.at).expires_at);
+            }
+        }
+
+        fn bound(&self) -> Timestamp {
+            self.engine.shards[0].lock().earliest_expiry
+        }
+
+        fn layout(&self) -> u64 {
+            self.engine.shards[0].lock().layout
+        }
+
+        /// Makes one step of `sweep`; true when the shard is done.
+        fn step(&self, sweep: &mut super::ShardSweep) -> bool {
+            let mut removed = Vec::new();
+            let mut guard = self.engine.shards[0].lock();
+            sweep.step(&mut guard, &mut removed)
+        }
+    }
+
+    /// Expiry of key `i` in the sweep tests: 1–200 s, spread over the keys.
+    fn spread(i: usize) -> u64 {
+        1 + (i as u64 * 7_919) % 200
+    }
+
+    /// A shard of many steps is swept whole: exactly the records due go,
+    /// and the bound ends at the earliest expiry kept.
+    #[test]
+    fn stepped_sweep_removes_exactly_what_is_due() {
+        let mut direct = Direct::new();
+        let n = 20_000;
+        for i in 0..n {
+            direct.put(i, spread(i));
+        }
+        let buckets = direct.engine.shards[0].lock().table.num_buckets();
+        assert!(buckets > 4 * super::SWEEP_STEP_BUCKETS, "{buckets} buckets");
+        let due = (0..n).filter(|&i| spread(i) <= 50).count() as u64;
+        assert_eq!(direct.engine.maintain(at(50)).unwrap().expired, due);
+        for i in 0..n {
+            assert_eq!(direct.find(i).is_some(), spread(i) > 50, "key {i}");
+        }
+        assert_eq!(direct.bound(), at(51));
+        assert_eq!(direct.engine.stats().live_records, n as u64 - due);
+        assert_eq!(
+            direct.engine.maintain(at(200)).unwrap().expired,
+            n as u64 - due
+        );
+        assert_eq!(direct.bound(), Timestamp::MAX);
+        let stats = direct.engine.stats();
+        assert_eq!((stats.live_records, stats.in_flight), (0, 0));
+    }
+
+    /// Writes between two steps of a sweep, behind it and ahead of it:
+    /// nothing live is removed, everything due that no write touched is,
+    /// and the bound stays at or below every expiry left.
+    #[test]
+    fn writes_between_steps_keep_the_bound() {
+        let mut direct = Direct::new();
+        let n = 20_000;
+        for i in 0..n {
+            direct.put(i, 100 + spread(i));
+        }
+        let now = at(150);
+        let mut sweep = super::ShardSweep::new(now);
+        let layout = direct.layout();
+        assert!(!direct.step(&mut sweep), "one step swept the whole shard");
+        let behind =
+            |direct: &mut Direct, i| direct.find(i).is_some_and(|(_, b)| b < sweep.next_bucket);
+        let (mut touched_behind, mut touched_ahead) = (0, 0);
+        let mut touched = std::collections::HashSet::new();
+        for i in 0..n {
+            // Every seventh key moved earlier or later, every eleventh
+            // removed; new keys added due and not due.
+            let was_behind = behind(&mut direct, i);
+            if i % 7 == 0 {
+                direct.put(i, if i % 2 == 0 { 20 } else { 400 });
+            } else if i % 11 == 0 {
+                direct.remove(i);
+            } else {
+                continue;
+            }
+            touched.insert(i);
+            if was_behind {
+                touched_behind += 1;
+            } else {
+                touched_ahead += 1;
+            }
+        }
+        for i in n..n + 100 {
+            direct.put(i, if i % 2 == 0 { 10 } else { 500 });
+            touched.insert(i);
+        }
+        assert!(touched_behind > 0 && touched_ahead > 0);
+        assert_eq!(direct.layout(), layout, "the writes rehashed the table");
+        while !direct.step(&mut sweep) {}
+        direct.assert_bound_holds();
+        assert!(direct.bound() <= at(10), "{:?}", direct.bound());
+        for i in 0..n {
+            let found = direct.find(i);
+            if touched.contains(&i) {
+                if i % 7 == 0 && i % 2 == 1 {
+                    assert!(found.is_some(), "key {i} moved later was removed");
+                }
+                continue;
+            }
+            assert_eq!(found.is_some(), 100 + spread(i) > 150, "key {i}");
+        }
+        for i in (n..n + 100).filter(|i| i % 2 == 1) {
+            assert!(direct.find(i).is_some(), "new key {i} removed");
+        }
+    }
+
+    /// A rehash between steps can move entries not yet visited behind the
+    /// sweep; the bound then falls to zero, and the next pass removes
+    /// whatever was passed over.
+    #[test]
+    fn a_rehash_between_steps_leaves_the_shard_due() {
+        let mut direct = Direct::new();
+        // Just under a doubling, so that the writes below grow the table.
+        let n = 14_000;
+        for i in 0..n {
+            direct.put(i, spread(i));
+        }
+        let now = at(100);
+        let mut sweep = super::ShardSweep::new(now);
+        let layout = direct.layout();
+        assert!(!direct.step(&mut sweep));
+        let buckets = |direct: &Direct| direct.engine.shards[0].lock().table.num_buckets();
+        let before = buckets(&direct);
+        let mut added = n;
+        while buckets(&direct) == before {
+            direct.put(added, 1_000);
+            added += 1;
+        }
+        assert_ne!(direct.layout(), layout, "a table growth went unnoticed");
+        while !direct.step(&mut sweep) {}
+        direct.assert_bound_holds();
+        assert_eq!(
+            direct.bound(),
+            Timestamp::ZERO,
+            "the shard is due again at once"
+        );
+        direct.engine.maintain(now).unwrap();
+        for i in 0..added {
+            let due = i < n && spread(i) <= 100;
+            assert_eq!(direct.find(i).is_none(), due, "key {i}");
+        }
+        assert_eq!(direct.bound(), at(101));
+    }
+
+    /// The sweep relies on this: an entry changes bucket only after the
+    /// shard's layout counter moved. The table is rehashed into larger
+    /// tables as it grows, then in place once removals have left it full
+    /// of tombstones; every entry's bucket is compared after each write.
+    #[test]
+    fn the_layout_counter_moves_before_any_entry_does() {
+        let mut direct = Direct::new();
+        let mut buckets_of: std::collections::HashMap<u64, usize> = Default::default();
+        let (grown, in_place) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+        let mut write = |direct: &mut Direct, op: &dyn Fn(&mut Direct)| {
+            let (layout, num_buckets) = {
+                let shard = direct.engine.shards[0].lock();
+                (shard.layout, shard.table.num_buckets())
+            };
+            op(direct);
+            let shard = direct.engine.shards[0].lock();
+            let moved_layout = shard.layout != layout;
+            let mut now_at = std::collections::HashMap::new();
+            for bucket in 0..shard.table.num_buckets() {
+                if let Some(slot) = shard.table.get_bucket(bucket) {
+                    now_at.insert(slot.hash, bucket);
+                    if let Some(&was) = buckets_of.get(&slot.hash) {
+                        assert!(was == bucket || moved_layout, "an entry moved unannounced");
+                    }
+                }
+            }
+            if moved_layout {
+                if shard.table.num_buckets() == num_buckets {
+                    in_place.set(in_place.get() + 1);
+                } else {
+                    grown.set(grown.get() + 1);
+                }
+            }
+            buckets_of = now_at;
+            moved_layout
+        };
+        // Spread keys grow the table to 2,048 buckets, then leave.
+        let spread: Vec<usize> = (0..1_000).collect();
+        for &i in &spread {
+            write(&mut direct, &|d| d.put(i, 100));
+        }
+        for &i in &spread {
+            write(&mut direct, &|d| d.remove(i));
+        }
+        let mut next = spread.len();
+        // Runs of keys whose hashes start at consecutive buckets fill a
+        // contiguous stretch of the table; removed, they leave tombstones,
+        // which use up the room for growth until the table is rehashed in
+        // place.
+        for round in 0..20u64 {
+            let run: Vec<usize> = (next..next + 300).collect();
+            next += 300;
+            for (j, &i) in run.iter().enumerate() {
+                let bucket = round * 300 + j as u64;
+                direct.forced.insert(i, ((i as u64 % 128) << 57) | bucket);
+                write(&mut direct, &|d| d.put(i, 100));
+            }
+            for &i in &run {
+                write(&mut direct, &|d| d.remove(i));
+            }
+            if in_place.get() > 0 {
+                break;
+            }
+        }
+        let (grown, in_place) = (grown.get(), in_place.get());
+        assert!(
+            grown > 0 && in_place > 0,
+            "grown {grown}, in place {in_place}"
+        );
     }
 
     #[test]
