@@ -1229,28 +1229,75 @@ fn sled_row<'a>(id: &'static str, flush: bool, threads: usize, opts: &'a Options
         let db = sled::open(dir.path()).map_err(|e| e.to_string())?;
         let rss_before = common::rss_bytes();
         let mut m = drive(threads, opts, &Keys::Fresh { seed: 7 }, 1, |_| {
-            let db = db.clone();
-            let in_flight = in_flight_value();
-            let response = common::response();
-            Ok(Box::new(move |k: &[u8; KEY_LEN]| {
-                match db.compare_and_swap(&k[..], None::<&[u8]>, Some(&in_flight[..])) {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return Err("compare_and_swap found the fresh key".into()),
-                    Err(e) => return Err(e.to_string()),
-                }
-                let reserved = Instant::now();
-                db.insert(&k[..], &response[..])
-                    .map_err(|e| e.to_string())?;
-                if flush {
-                    db.flush().map_err(|e| e.to_string())?;
-                }
-                Ok(Some(reserved))
-            }) as Request<'static>)
+            Ok(sled_pair(db.clone(), flush))
         })?;
         m.rss_bytes_per_op = per_op(rss_before, common::rss_bytes(), m.ops);
         db.flush().map_err(|e| e.to_string())?;
         m.disk_bytes_per_op = Some(common::disk_bytes(dir.path()) as f64 / m.ops as f64);
         Ok(m)
+    })
+}
+
+/// sled in the steady state of the idemlog recycled rows: a fill pass (half
+/// as long again as the measured one) makes records, all of them are
+/// removed, and the measured pass makes fresh records in the memory the
+/// removed ones held, as a server does that deletes keys older than its
+/// TTL. What the recycled idemlog rows compare with.
+fn sled_recycled_row<'a>(id: &'static str, threads: usize, opts: &'a Options) -> Planned<'a> {
+    plan(
+        id,
+        PAIR,
+        "sled 0.34 default, memory recycled",
+        threads,
+        move || {
+            let dir = common::scratch_dir("sled-").map_err(|e| e.to_string())?;
+            let db = sled::open(dir.path()).map_err(|e| e.to_string())?;
+            let fill = Options {
+                secs: opts.secs * 1.5,
+                only: Vec::new(),
+                ..*opts
+            };
+            let filled = drive(threads, &fill, &Keys::Fresh { seed: 9 }, 1, |_| {
+                Ok(sled_pair(db.clone(), false))
+            })?;
+            db.clear().map_err(|e| e.to_string())?;
+            db.flush().map_err(|e| e.to_string())?;
+            if !db.is_empty() {
+                return Err(format!(
+                    "{} of the fill pass's {} records left after clear()",
+                    db.len(),
+                    filled.ops
+                ));
+            }
+            let rss_before = common::rss_bytes();
+            let mut m = drive(threads, opts, &Keys::Fresh { seed: 10 }, 1, |_| {
+                Ok(sled_pair(db.clone(), false))
+            })?;
+            m.rss_bytes_per_op = per_op(rss_before, common::rss_bytes(), m.ops);
+            Ok(m)
+        },
+    )
+}
+
+/// One request on sled: `compare_and_swap` from nothing to an in-flight
+/// value (reserve), then `insert` of the response (complete), and
+/// `flush()` after it if asked.
+fn sled_pair(db: sled::Db, flush: bool) -> Request<'static> {
+    let in_flight = in_flight_value();
+    let response = common::response();
+    Box::new(move |k: &[u8; KEY_LEN]| {
+        match db.compare_and_swap(&k[..], None::<&[u8]>, Some(&in_flight[..])) {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err("compare_and_swap found the fresh key".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+        let reserved = Instant::now();
+        db.insert(&k[..], &response[..])
+            .map_err(|e| e.to_string())?;
+        if flush {
+            db.flush().map_err(|e| e.to_string())?;
+        }
+        Ok(Some(reserved))
     })
 }
 
@@ -1698,6 +1745,16 @@ fn print_targets(rows: &[Row]) {
             ratio("none-2-recycled", "sled-2"),
             "×",
         ),
+        (
+            "in-memory recycled / sled recycled",
+            ratio("mem-2-recycled", "sled-2-recycled"),
+            "×",
+        ),
+        (
+            "None recycled / sled recycled",
+            ratio("none-2-recycled", "sled-2-recycled"),
+            "×",
+        ),
     ];
     if memory_bounds.iter().any(|(_, v, _)| v.is_some()) {
         println!("Bounds (pairs/s on {cores} cores; not targets):");
@@ -1790,6 +1847,7 @@ fn main() {
 
     planned.push(sled_row("sled-1", false, 1, &opts));
     planned.push(sled_row("sled-2", false, 2, &opts));
+    planned.push(sled_recycled_row("sled-2-recycled", 2, &opts));
     planned.push(sled_row("sled-flush-2", true, 2, &opts));
 
     let redis_missing = "redis-server not installed; install it with `apt-get install -y redis-server` (Debian package redis-server)";
@@ -1856,6 +1914,7 @@ fn main() {
          \"fallocated\": the 64-record batches appended into preallocated, never-written blocks; \"zeroing\": the same while a second thread writes zeros ahead the way idemlog's Sync prefill thread did until 2026-11-30.",
         DISK_FILE_BYTES >> 20
     );
+    println!("  * sled default, memory recycled: the 2-thread sled row in the steady state of the recycled idemlog rows. A fill pass makes records, clear() removes them all, and the measured pass makes fresh records in the memory they held, as a server does that deletes keys older than its TTL.");
     println!("  * sled's flush() uses sync_file_range (plus fsync of its own metadata only when needed), which is weaker than fdatasync: it does not flush the disk's write cache or file metadata.");
     println!("  * idemlog durable rows: disk B/op includes the preallocated 64 MiB segment, so rows with few operations (Sync 1) show large figures; footprint.rs measures bytes per record.");
     println!("  * Sync, async tasks: 64 tokio tasks on a runtime with one worker per core, requests through the Backend trait (as the HTTP layer makes them); a task's fdatasync wait is a future, so no OS thread per caller. Its CPU µs/op is the whole process's (workers and the writer thread).");
