@@ -1,14 +1,16 @@
 //! Reclamation with a manual clock and tiny segments: space comes back,
 //! live records survive, and every reopen agrees with a model.
 
+#[path = "support/beside.rs"]
+mod beside;
 mod durable_support;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use beside::passes_beside_writers;
 use durable_support::*;
-use idemlog::{Clock, Config, Durability, Outcome, ReserveOptions, Store, Timestamp};
+use idemlog::{Clock, Config, Durability, Outcome, ReserveOptions, Store};
 
 fn cfg(clock: &idemlog::ManualClock) -> Config {
     Config::builder()
@@ -363,74 +365,33 @@ fn passes_beside_writers_lose_no_live_record() {
             .build()
     };
     let store = Store::open(dir.path(), config()).unwrap();
-    // Time moves with the work: 0.25 ms per record written.
-    let records_written = AtomicU64::new(0);
-    let writers_done = AtomicU64::new(0);
-    // Passes finished; a writer waits for the next one after every
-    // 1,000 records, so passes and writes interleave however the two
-    // cores are shared.
-    let passes_done = AtomicU64::new(0);
+    let (mut deleted, mut most_live) = (0u64, 0u64);
     // (key, clock before its reserve and after its completion, TTL in ms,
     // response byte)
-    let mut written: Vec<(String, u64, u64, u64, u8)> = Vec::new();
-    let (mut deleted, mut most_live) = (0u64, 0u64);
-    std::thread::scope(|s| {
-        let writers: Vec<_> = (0..2u64)
-            .map(|w| {
-                let (store, clock) = (&store, &clock);
-                let (records_written, writers_done) = (&records_written, &writers_done);
-                let passes_done = &passes_done;
-                s.spawn(move || {
-                    // Counted done even if a request panics, so that the
-                    // maintenance loop below ends and the panic shows.
-                    let _done = OnDrop(|| {
-                        writers_done.fetch_add(1, Ordering::SeqCst);
-                    });
-                    let mut mine = Vec::new();
-                    for i in 0..PER_WRITER {
-                        let k = format!("w{w}-{i}");
-                        // One in 500 outlives its neighbours: its segment
-                        // is freed once the few such records in it are
-                        // copied forward, and an undercount would free it
-                        // under them.
-                        let ttl = if i % 500 == 0 { 60_000 } else { 5_000 };
-                        let before = clock.now().as_millis();
-                        let opts = ReserveOptions::default().ttl(Duration::from_millis(ttl));
-                        let Outcome::Acquired(r) =
-                            store.reserve_with(&key(&k), &fp(&k), opts).unwrap()
-                        else {
-                            panic!("{k} was not acquired")
-                        };
-                        r.complete(vec![i as u8; 100]).unwrap();
-                        let after = clock.now().as_millis();
-                        mine.push((k, before, after, ttl, i as u8));
-                        records_written.fetch_add(1, Ordering::SeqCst);
-                        if i % 1_000 == 999 {
-                            let seen = passes_done.load(Ordering::SeqCst);
-                            while passes_done.load(Ordering::SeqCst) == seen {
-                                std::thread::yield_now();
-                            }
-                        }
-                    }
-                    mine
-                })
-            })
-            .collect();
-        while writers_done.load(Ordering::SeqCst) < 2 {
-            let due = T0 + records_written.load(Ordering::SeqCst) / 4;
-            if clock.now().as_millis() < due {
-                clock.set(Timestamp::from_millis(due));
-            }
-            let report = store.run_maintenance().unwrap();
-            passes_done.fetch_add(1, Ordering::SeqCst);
-            deleted += report.segments_deleted;
+    let (written, passes) = passes_beside_writers(
+        &clock,
+        2,
+        PER_WRITER,
+        |w, i| {
+            let k = format!("w{w}-{i}");
+            // One in 500 outlives its neighbours: its segment is freed once
+            // the few such records in it are copied forward, and an
+            // undercount would free it under them.
+            let ttl = if i % 500 == 0 { 60_000 } else { 5_000 };
+            let before = clock.now().as_millis();
+            let opts = ReserveOptions::default().ttl(Duration::from_millis(ttl));
+            let Outcome::Acquired(r) = store.reserve_with(&key(&k), &fp(&k), opts).unwrap() else {
+                panic!("{k} was not acquired")
+            };
+            r.complete(vec![i as u8; 100]).unwrap();
+            let after = clock.now().as_millis();
+            (k, before, after, ttl, i as u8)
+        },
+        || {
+            deleted += store.run_maintenance().unwrap().segments_deleted;
             most_live = most_live.max(store.stats().live_records);
-        }
-        for w in writers {
-            written.extend(w.join().unwrap());
-        }
-    });
-    let passes = passes_done.load(Ordering::SeqCst);
+        },
+    );
     assert!(passes >= PER_WRITER / 1_000, "{passes} passes");
     assert!(deleted > 0, "no segment was freed in {passes} passes");
     assert!(
@@ -461,13 +422,4 @@ fn passes_beside_writers_lose_no_live_record() {
     drop(store);
     let store = Store::open(dir.path(), config()).unwrap();
     check(&store);
-}
-
-/// Runs its closure when dropped, panicking or not.
-struct OnDrop<F: FnMut()>(F);
-
-impl<F: FnMut()> Drop for OnDrop<F> {
-    fn drop(&mut self) {
-        (self.0)();
-    }
 }
