@@ -32,7 +32,9 @@
 //!    publishes `durable` and takes the wakers it covered under the same
 //!    lock. Properties as in model 2. The writer's gather before a sync
 //!    (`Log::gather`) only delays the sync, by a bounded park, so it is left
-//!    out: it cannot lose a wake-up.
+//!    out: it cannot lose a wake-up. The same holds for a blocking leader's
+//!    gather (`Log::gather_blocking`), a bounded yield loop before its sync
+//!    in model 2.
 
 #![cfg(idemlog_loom)]
 
