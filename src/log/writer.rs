@@ -370,10 +370,10 @@ impl Log {
     /// same in [`Log::gather`].
     fn gather_blocking(&self) {
         let last = self.last_sync_nanos.load(Ordering::Relaxed);
-        let Some(deadline) = gather_deadline(last) else {
+        let Some(wait) = gather_deadline(last) else {
             return;
         };
-        let deadline = Instant::now() + deadline;
+        let deadline = Instant::now() + wait;
         while !gathered(
             self.tail.lock().records,
             self.blocking_waiters.load(Ordering::SeqCst),
@@ -454,10 +454,10 @@ impl Log {
     fn gather(&self) {
         let target = self.gather_target.load(Ordering::Relaxed);
         let last = self.last_sync_nanos.load(Ordering::Relaxed);
-        if target < 2 || last == u64::MAX {
+        let Some(wait) = gather_deadline(last).filter(|_| target >= 2) else {
             return;
-        }
-        let deadline = Instant::now() + Duration::from_nanos(last / 2).min(MAX_GATHER);
+        };
+        let deadline = Instant::now() + wait;
         // SeqCst pairs with `register_task`: either this sees the count
         // reach the target, or the task that reaches it sees `gathering`.
         self.gathering.store(true, Ordering::SeqCst);
@@ -933,7 +933,9 @@ impl Drop for DurableWait<'_> {
 
 /// How long a sync may be held back for callers to append (half the last
 /// sync's latency in ns, `u64::MAX` before the first), or `None` for no
-/// wait: a log that has not synced yet has no latency to go by.
+/// wait: a log that has not synced yet has no latency to go by. Both
+/// gathers use it: the writer thread's for tasks ([`Log::gather`]) and a
+/// blocking caller's ([`Log::gather_blocking`]).
 fn gather_deadline(last_sync_nanos: u64) -> Option<Duration> {
     (last_sync_nanos != u64::MAX).then(|| Duration::from_nanos(last_sync_nanos / 2).min(MAX_GATHER))
 }

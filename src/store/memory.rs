@@ -480,66 +480,35 @@ mod tests {
     /// the earliest expiry it kept.
     #[test]
     fn maintenance_skips_only_shards_with_nothing_due() {
-        use super::{Change, Engine, Identity, MemoryEngine};
-        use crate::decision;
-        use crate::identity::IdentityHasher;
-
-        let at = |secs: u64| Timestamp::from_millis(secs * 1_000);
-        let engine = MemoryEngine::new(1);
-        let hasher = IdentityHasher::new();
-        let fp = Fingerprint::of_bytes(b"body");
-        let keys: Vec<_> = ["a", "b"]
-            .iter()
-            .map(|k| crate::IdempotencyKey::new("t", *k).unwrap())
-            .collect();
-        let id = |i: usize| Identity {
-            key: &keys[i],
-            hash: hasher.hash(&keys[i]),
-        };
-        let bound = || engine.shards[0].lock().earliest_expiry;
-        let acquire = |i: usize, expires_in: u64| {
-            let lease = Duration::from_secs(expires_in / 2);
-            let ttl = Duration::from_secs(expires_in - expires_in / 2);
-            let wait = engine
-                .update(id(i), &mut |found| {
-                    let acquired =
-                        decision::acquisition(found, false, &fp, at(0), lease, ttl, i as u64 + 1);
-                    Change::Acquire(acquired)
-                })
-                .unwrap();
-            assert_eq!(wait, super::Wait::Ready);
-        };
-        assert_eq!(bound(), Timestamp::MAX);
-        acquire(0, 1_000);
-        assert_eq!(bound(), at(1_000));
+        let mut direct = Direct::new();
+        assert_eq!(direct.bound(), Timestamp::MAX);
+        direct.put(0, 1_000);
+        assert_eq!(direct.bound(), at(1_000));
         // Nothing due: skipped, and the record stays.
-        assert_eq!(engine.maintain(at(500)).unwrap().expired, 0);
-        assert_eq!(bound(), at(1_000));
+        assert_eq!(direct.engine.maintain(at(500)).unwrap().expired, 0);
+        assert_eq!(direct.bound(), at(1_000));
         // Completed with a TTL that ends before the reservation would have.
-        let wait = engine
-            .update(id(0), &mut |_| {
-                Change::Complete(decision::completion(
-                    bytes::Bytes::from_static(b"done"),
-                    at(100),
-                    Duration::from_secs(100),
-                ))
-            })
-            .unwrap();
-        assert_eq!(wait, super::Wait::Ready);
-        assert_eq!(bound(), at(200));
-        acquire(1, 5_000);
-        assert_eq!(bound(), at(200));
-        assert_eq!(engine.maintain(at(199)).unwrap().expired, 0);
-        assert_eq!(engine.maintain(at(300)).unwrap().expired, 1);
+        direct.apply(0, &mut |_| {
+            super::Change::Complete(crate::decision::completion(
+                bytes::Bytes::from_static(b"done"),
+                at(100),
+                Duration::from_secs(100),
+            ))
+        });
+        assert_eq!(direct.bound(), at(200));
+        direct.put(1, 5_000);
+        assert_eq!(direct.bound(), at(200));
+        assert_eq!(direct.engine.maintain(at(199)).unwrap().expired, 0);
+        assert_eq!(direct.engine.maintain(at(300)).unwrap().expired, 1);
         assert_eq!(
-            bound(),
+            direct.bound(),
             at(5_000),
             "the pass keeps the earliest expiry left"
         );
-        assert_eq!(engine.maintain(at(4_999)).unwrap().expired, 0);
-        assert_eq!(engine.maintain(at(5_000)).unwrap().expired, 1);
-        assert_eq!(bound(), Timestamp::MAX);
-        let stats = engine.stats();
+        assert_eq!(direct.engine.maintain(at(4_999)).unwrap().expired, 0);
+        assert_eq!(direct.engine.maintain(at(5_000)).unwrap().expired, 1);
+        assert_eq!(direct.bound(), Timestamp::MAX);
+        let stats = direct.engine.stats();
         assert_eq!((stats.live_records, stats.in_flight), (0, 0));
     }
 
@@ -695,47 +664,44 @@ mod tests {
             self.keys[i].clone()
         }
 
-        /// Acquires key `i` (a takeover if it is there) so that its record
-        /// expires at `expires` seconds.
-        fn put(&mut self, i: usize, expires: u64) {
+        /// Applies the change `decide` returns to key `i`'s record.
+        fn apply(
+            &mut self,
+            i: usize,
+            decide: &mut dyn FnMut(Option<&crate::record::Record>) -> super::Change,
+        ) {
             let key = self.key(i);
+            let id = super::Identity {
+                key: &key,
+                hash: self.hash(i),
+            };
+            let wait = self.engine.update(id, decide).unwrap();
+            assert_eq!(wait, super::Wait::Ready);
+        }
+
+        /// Acquires key `i` (a takeover if it is there) at 0 s so that its
+        /// record expires at `expires` seconds.
+        fn put(&mut self, i: usize, expires: u64) {
             self.token += 1;
             let token = self.token;
             let lease = Duration::from_secs(expires / 2);
             let ttl = Duration::from_secs(expires - expires / 2);
             let fp = Fingerprint::of_bytes(b"body");
-            let id = super::Identity {
-                key: &key,
-                hash: self.hash(i),
-            };
-            let wait = self
-                .engine
-                .update(id, &mut |found| {
-                    super::Change::Acquire(crate::decision::acquisition(
-                        found,
-                        true,
-                        &fp,
-                        at(0),
-                        lease,
-                        ttl,
-                        token,
-                    ))
-                })
-                .unwrap();
-            assert_eq!(wait, super::Wait::Ready);
+            self.apply(i, &mut |found| {
+                super::Change::Acquire(crate::decision::acquisition(
+                    found,
+                    true,
+                    &fp,
+                    at(0),
+                    lease,
+                    ttl,
+                    token,
+                ))
+            });
         }
 
         fn remove(&mut self, i: usize) {
-            let key = self.key(i);
-            let id = super::Identity {
-                key: &key,
-                hash: self.hash(i),
-            };
-            let wait = self
-                .engine
-                .update(id, &mut |_| super::Change::Remove)
-                .unwrap();
-            assert_eq!(wait, super::Wait::Ready);
+            self.apply(i, &mut |_| super::Change::Remove);
         }
 
         /// Key `i`'s expiry and bucket, if it is there.
