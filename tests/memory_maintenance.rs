@@ -30,21 +30,12 @@ struct Written {
 /// this test fail; the unit test `a_rehash_between_steps_leaves_the_shard_due`
 /// covers that case deterministically), some left in flight, while passes
 /// run back to back and expire what comes due. No live record may go
-/// missing, and after a last pass the counts of records and of
-/// reservations in flight must be exactly what lookups find: an expired
-/// record left behind would show there, since lookups hide it.
+/// missing, and the counts must be exact after a last pass
+/// ([`check_after_last_pass`]).
 #[test]
 fn passes_beside_writers_lose_no_live_record() {
     const PER_WRITER: u64 = 30_000;
-    let clock = ManualClock::new(Timestamp::from_millis(T0));
-    let store = Store::in_memory(
-        Config::builder()
-            .clock(clock.clone())
-            .maintenance_interval(None)
-            // One shard, so it holds many sweep steps' worth of entries.
-            .shards(1)
-            .build(),
-    );
+    let (clock, store) = one_shard_store();
     let (mut expired, mut most_live) = (0u64, 0u64);
     let (written, passes) = passes_beside_writers(
         &clock,
@@ -99,12 +90,85 @@ fn passes_beside_writers_lose_no_live_record() {
         "the shard held {most_live} records at most: about one sweep step's worth"
     );
 
-    // With the writers gone, one pass removes everything due.
-    expired += store.run_maintenance().unwrap().expired;
+    check_after_last_pass(&store, &clock, &written, expired);
+}
+
+/// A burst that expires at once, but for one record in 25, while the
+/// writers go on with steady traffic: the passes after it move the
+/// survivors together, free the emptied memory and shrink the table, in
+/// steps between which the writers add records (growing the table again)
+/// and read. Nothing live may go missing or change, and the passes must
+/// have moved records and released memory, or this test checks nothing.
+#[test]
+fn memory_given_back_under_writers_keeps_every_live_record() {
+    const PER_WRITER: u64 = 30_000;
+    const BURST: u64 = PER_WRITER / 2;
+    // Both writers' bursts take 7.5 s of the clock (0.25 ms a record),
+    // and expire together just after.
+    const BURST_ENDS_MS: u64 = T0 + 8_000;
+    let (clock, store) = one_shard_store();
+    let (mut expired, mut moved, mut released) = (0, 0, 0);
+    let (written, _) = passes_beside_writers(
+        &clock,
+        2,
+        PER_WRITER,
+        |w, i| {
+            let k = format!("w{w}-{i}");
+            let before = clock.now().as_millis();
+            let lives_ms = if i >= BURST {
+                3_000 + (i * 7_919) % 2_000
+            } else if i % 25 == 0 {
+                3_600_000
+            } else {
+                BURST_ENDS_MS.saturating_sub(before).max(1)
+            };
+            let options = ReserveOptions::default()
+                .lease(Duration::from_secs(3_600))
+                .ttl(Duration::from_millis(lives_ms));
+            let Outcome::Acquired(r) = store
+                .reserve_with(&key(&store, &k), &fp(&k), options)
+                .unwrap()
+            else {
+                panic!("{k} was not acquired")
+            };
+            r.complete(vec![i as u8; 100]).unwrap();
+            Written {
+                key: k,
+                before,
+                after: clock.now().as_millis(),
+                lives_ms,
+                byte: Some(i as u8),
+            }
+        },
+        || {
+            let report = store.run_maintenance().unwrap();
+            expired += report.expired;
+            moved += report.records_moved;
+            released += report.memory_released;
+        },
+    );
+    assert!(
+        clock.now().as_millis() > BURST_ENDS_MS,
+        "the burst never expired"
+    );
+    assert!(moved > 0, "no pass moved a record");
+    assert!(released > 0, "no pass released memory");
+
+    check_after_last_pass(&store, &clock, &written, expired);
+}
+
+/// With the writers gone, one more pass removes everything due. Then every
+/// record still live must read back as written, nothing expired may, and
+/// the store's counts of records and of reservations in flight must be
+/// exactly what lookups find: an expired record left behind would show
+/// there, since lookups hide it. `expired` counts what the passes so far
+/// removed.
+fn check_after_last_pass(store: &Store, clock: &ManualClock, written: &[Written], expired: u64) {
+    let expired = expired + store.run_maintenance().unwrap().expired;
     let now = clock.now().as_millis();
     let (mut live, mut in_flight) = (0, 0);
-    for w in &written {
-        let got = store.lookup(&key(&store, &w.key)).unwrap();
+    for w in written {
+        let got = store.lookup(&key(store, &w.key)).unwrap();
         if now < w.before + w.lives_ms {
             let r = got.as_ref().unwrap_or_else(|| panic!("{} lost", w.key));
             assert_eq!(
@@ -128,6 +192,21 @@ fn passes_beside_writers_lose_no_live_record() {
     assert_eq!(stats.live_records, live, "{stats:?}");
     assert_eq!(stats.in_flight, in_flight, "{stats:?}");
     assert_eq!(expired + live, written.len() as u64);
+}
+
+/// An in-memory store on a manual clock at `T0`, with no maintenance
+/// thread, and one shard, so that it holds many sweep steps' worth of
+/// entries.
+fn one_shard_store() -> (ManualClock, Store) {
+    let clock = ManualClock::new(Timestamp::from_millis(T0));
+    let store = Store::in_memory(
+        Config::builder()
+            .clock(clock.clone())
+            .maintenance_interval(None)
+            .shards(1)
+            .build(),
+    );
+    (clock, store)
 }
 
 fn key(store: &Store, k: &str) -> IdempotencyKey {

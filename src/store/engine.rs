@@ -142,6 +142,13 @@ pub struct MaintenanceReport {
     pub records_copied: u64,
     /// Bytes of disk space given back.
     pub bytes_reclaimed: u64,
+    /// Live records the in-memory store moved out of sparse memory, so
+    /// that what a burst of expired records held could be freed.
+    pub records_moved: u64,
+    /// Bytes of memory the in-memory store's own structures gave back to
+    /// the allocator: emptied record chunks and shrunk tables. (Responses
+    /// are freed with their records and not counted here.)
+    pub memory_released: u64,
     /// True when the pass stopped at its work bound and more remains.
     pub more_work: bool,
 }

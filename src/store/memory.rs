@@ -5,6 +5,7 @@ use hashbrown::hash_table::{Entry, HashTable};
 use parking_lot::{Mutex, MutexGuard};
 
 use super::engine::{Change, Engine, EngineStats, Identity, MaintenanceReport, Wait};
+use super::slab::{RecordSlab, SlabIndex};
 use crate::clock::Timestamp;
 use crate::error::Result;
 use crate::record::Record;
@@ -19,88 +20,6 @@ struct Slot {
     hash: u64,
     expires_at: Timestamp,
     at: SlabIndex,
-}
-
-/// Where a record is in a [`RecordSlab`].
-#[derive(Clone, Copy)]
-struct SlabIndex {
-    chunk: u32,
-    offset: u32,
-}
-
-/// Records of one shard in chunks allocated and written through at once,
-/// with a free list. A `Box` per record cost a fresh `malloc` per reserve
-/// (~200 instructions when nothing is being freed, as while a store fills)
-/// and spread the first touch of new pages over one reserve in ~20; a
-/// chunk takes those page faults in the one operation that allocates it.
-/// Chunks grow from 16 to 256 records, so a small store stays small.
-///
-/// A record keeps its own key. Usual identities are inline in the key
-/// (`IdempotencyKey` allocates only beyond 62 packed bytes), so the store
-/// holds no allocation of the caller's: one kept alive per record made
-/// every `Store::key` take fresh heap memory and touch a new page in ~2 %
-/// of reserves (1.3–19 µs each on the development VM), which set the
-/// reserve p99.
-#[derive(Default)]
-struct RecordSlab {
-    chunks: Vec<Box<[Option<Record>]>>,
-    /// Records handed out from the last chunk, free or not.
-    last_used: usize,
-    free: Vec<SlabIndex>,
-}
-
-const FIRST_CHUNK: usize = 16;
-const LARGEST_CHUNK: usize = 256;
-
-impl RecordSlab {
-    fn place_mut(&mut self, at: SlabIndex) -> &mut Option<Record> {
-        &mut self.chunks[at.chunk as usize][at.offset as usize]
-    }
-
-    fn get(&self, at: SlabIndex) -> &Record {
-        match &self.chunks[at.chunk as usize][at.offset as usize] {
-            Some(r) => r,
-            None => unreachable!("a table entry points at a free slab place"),
-        }
-    }
-
-    fn get_mut(&mut self, at: SlabIndex) -> &mut Record {
-        match self.place_mut(at) {
-            Some(r) => r,
-            None => unreachable!("a table entry points at a free slab place"),
-        }
-    }
-
-    /// The packed identity of the record at `at`.
-    fn key(&self, at: SlabIndex) -> &[u8] {
-        self.get(at).key.framed()
-    }
-
-    fn insert(&mut self, record: Record) -> SlabIndex {
-        let at = match self.free.pop() {
-            Some(at) => at,
-            None => {
-                if self.chunks.last().is_none_or(|c| self.last_used == c.len()) {
-                    let len = (FIRST_CHUNK << self.chunks.len().min(8)).min(LARGEST_CHUNK);
-                    self.chunks.push((0..len).map(|_| None).collect());
-                    self.last_used = 0;
-                }
-                self.last_used += 1;
-                SlabIndex {
-                    chunk: (self.chunks.len() - 1) as u32,
-                    offset: (self.last_used - 1) as u32,
-                }
-            }
-        };
-        *self.place_mut(at) = Some(record);
-        at
-    }
-
-    fn remove(&mut self, at: SlabIndex) -> Option<Record> {
-        let record = self.place_mut(at).take();
-        self.free.push(at);
-        record
-    }
 }
 
 struct Shard {
@@ -160,6 +79,15 @@ pub(crate) struct MemoryEngine {
 /// steps can move an unvisited entry behind the sweep; then nothing is
 /// known of what was passed over, the bound falls to zero, and the next
 /// pass visits the shard again.
+///
+/// The sweep also gives memory back, in two ways decided when it starts,
+/// so that a pass that expires a burst leaves the next one to judge what
+/// remains (a store whose records all expire at once and then fill again,
+/// as in steady churn, keeps its memory). Records it visits in chunks the
+/// slab marked for evacuation move elsewhere (see [`RecordSlab`]), and a
+/// table that was more than eight times larger than its entries need when
+/// the sweep started and still is at the end is rebuilt at twice their
+/// number.
 struct ShardSweep {
     now: Timestamp,
     /// The next bucket to visit.
@@ -168,6 +96,46 @@ struct ShardSweep {
     layout: u64,
     kept_earliest: Timestamp,
     started: bool,
+    /// The table was oversized when the sweep started.
+    shrink_table: bool,
+    /// Records moved out of evacuating chunks.
+    moved: u64,
+    /// Bytes of chunks and table given back.
+    released: u64,
+}
+
+/// A sweep step ends early once it has moved this many records: a move
+/// copies a record to a place far from the cache, and 256 in one step held
+/// the lock ~50 µs (1 M records, one in 25 left after a burst).
+const MOVES_PER_STEP: u64 = 64;
+
+/// What a sweep step unlinked under the shard's lock, to be dropped after
+/// it is released: freeing hundreds of responses, emptied chunks or a
+/// whole table is most of a step's cost, and requests to the shard would
+/// wait for it.
+#[derive(Default)]
+struct Unlinked {
+    records: Vec<Record>,
+    chunks: Vec<Box<[Option<Record>]>>,
+    table: Option<HashTable<Slot>>,
+}
+
+impl Unlinked {
+    fn clear(&mut self) {
+        self.records.clear();
+        self.chunks.clear();
+        self.table = None;
+    }
+}
+
+/// A table with fewer entries than this is never shrunk: its memory is
+/// small and a shrink would soon be undone by growth.
+const SHRINK_FLOOR: usize = 1024;
+
+/// True when `table` has more than eight times the buckets its entries
+/// need (hashbrown fills a table to 7/8 of its buckets).
+fn is_oversized(table: &HashTable<Slot>) -> bool {
+    table.num_buckets() * 7 > 64 * table.len().max(SHRINK_FLOOR)
 }
 
 impl ShardSweep {
@@ -178,12 +146,16 @@ impl ShardSweep {
             layout: 0,
             kept_earliest: Timestamp::MAX,
             started: false,
+            shrink_table: false,
+            moved: 0,
+            released: 0,
         }
     }
 
-    /// Visits the next buckets, moving the records due into `removed` (to
-    /// be dropped once the lock is released); true when the shard is done.
-    fn step(&mut self, shard: &mut Shard, removed: &mut Vec<Record>) -> bool {
+    /// Visits the next buckets, moving the records due and whatever else it
+    /// frees into `unlinked` (to be dropped once the lock is released);
+    /// true when the shard is done.
+    fn step(&mut self, shard: &mut Shard, unlinked: &mut Unlinked) -> bool {
         let Shard {
             table,
             records,
@@ -192,15 +164,23 @@ impl ShardSweep {
             layout,
         } = shard;
         if !self.started {
-            if self.now < *earliest_expiry {
+            self.shrink_table = is_oversized(table);
+            let compacting = records.is_evacuating()
+                || records.is_sparse()
+                || records.has_retired()
+                || self.shrink_table;
+            if self.now < *earliest_expiry && !compacting {
                 return true;
             }
             self.started = true;
             self.layout = *layout;
             *earliest_expiry = Timestamp::MAX;
+            records.plan_evacuation();
         }
-        let end = (self.next_bucket + SWEEP_STEP_BUCKETS).min(table.num_buckets());
+        let mut end = (self.next_bucket + SWEEP_STEP_BUCKETS).min(table.num_buckets());
+        let removed = &mut unlinked.records;
         let before = removed.len();
+        let moved_before = self.moved;
         let mut group = self.next_bucket;
         while group < end {
             // Which of the next 64 buckets are full, found without a branch
@@ -215,23 +195,34 @@ impl ShardSweep {
                 let bucket = group + full.trailing_zeros() as usize;
                 full &= full - 1;
                 // (Record::is_expired, on the slot's copy of the expiry.)
-                let Ok(entry) = table.get_bucket_entry(bucket) else {
+                let Ok(mut entry) = table.get_bucket_entry(bucket) else {
                     continue;
                 };
                 let expires_at = entry.get().expires_at;
                 if self.now < expires_at {
                     self.kept_earliest = self.kept_earliest.min(expires_at);
+                    if records.is_evacuating() {
+                        let slot = entry.get_mut();
+                        if let Some(moved) = records.relocate(slot.at) {
+                            slot.at = moved;
+                            self.moved += 1;
+                        }
+                    }
                 } else {
                     let (slot, _) = entry.remove();
                     removed.extend(records.remove(slot.at));
                 }
             }
             group += width;
+            if self.moved - moved_before >= MOVES_PER_STEP {
+                end = group;
+            }
         }
         *in_flight -= removed[before..]
             .iter()
             .filter(|r| r.is_in_flight())
             .count() as u64;
+        self.released += records.take_retired(&mut unlinked.chunks) as u64;
         self.next_bucket = end;
         if end < table.num_buckets() {
             return false;
@@ -240,6 +231,19 @@ impl ShardSweep {
             self.kept_earliest = Timestamp::ZERO;
         }
         *earliest_expiry = (*earliest_expiry).min(self.kept_earliest);
+        if self.shrink_table && is_oversized(table) {
+            // Rebuilt rather than shrunk in place, so that the old table's
+            // memory is freed after the lock is released.
+            *layout += 1;
+            let mut smaller = HashTable::with_capacity(2 * table.len());
+            for slot in table.drain() {
+                smaller.insert_unique(slot.hash, slot, |s| s.hash);
+            }
+            let old = std::mem::replace(table, smaller);
+            let bucket_bytes = std::mem::size_of::<Slot>() + 1;
+            self.released += ((old.num_buckets() - table.num_buckets()) * bucket_bytes) as u64;
+            unlinked.table = Some(old);
+        }
         true
     }
 }
@@ -363,15 +367,13 @@ impl Engine for MemoryEngine {
     fn maintain(&self, now: Timestamp) -> Result<MaintenanceReport> {
         let _pass = self.passing.lock();
         let mut report = MaintenanceReport::default();
-        // Records are unlinked under the lock and dropped after it: freeing
-        // hundreds of responses is most of a pass's work, and requests to
-        // the shard wait for the lock meanwhile.
-        let mut removed: Vec<Record> = Vec::new();
+        // What a step unlinks is dropped once the lock is released.
+        let mut unlinked = Unlinked::default();
         for shard in self.shards.iter() {
             let mut sweep = ShardSweep::new(now);
             loop {
                 let mut guard = shard.lock();
-                let done = sweep.step(&mut guard, &mut removed);
+                let done = sweep.step(&mut guard, &mut unlinked);
                 if done {
                     drop(guard);
                 } else {
@@ -379,9 +381,11 @@ impl Engine for MemoryEngine {
                     // rather than take it straight back.
                     MutexGuard::unlock_fair(guard);
                 }
-                report.expired += removed.len() as u64;
-                removed.clear();
+                report.expired += unlinked.records.len() as u64;
+                unlinked.clear();
                 if done {
+                    report.records_moved += sweep.moved;
+                    report.memory_released += sweep.released;
                     break;
                 }
             }
@@ -704,8 +708,13 @@ mod tests {
             self.apply(i, &mut |_| super::Change::Remove);
         }
 
-        /// Key `i`'s expiry and bucket, if it is there.
-        fn find(&mut self, i: usize) -> Option<(Timestamp, usize)> {
+        /// What `read` makes of key `i`'s shard, slot and bucket, if the
+        /// key is there.
+        fn with_slot<T>(
+            &mut self,
+            i: usize,
+            read: impl FnOnce(&super::Shard, &super::Slot, usize) -> T,
+        ) -> Option<T> {
             let key = self.key(i);
             let hash = self.hash(i).table;
             let shard = self.engine.shards[0].lock();
@@ -713,7 +722,12 @@ mod tests {
                 s.hash == hash && shard.records.key(s.at) == key.framed()
             })?;
             let slot = shard.table.get_bucket(bucket)?;
-            Some((slot.expires_at, bucket))
+            Some(read(&shard, slot, bucket))
+        }
+
+        /// Key `i`'s expiry and bucket, if it is there.
+        fn find(&mut self, i: usize) -> Option<(Timestamp, usize)> {
+            self.with_slot(i, |_, slot, bucket| (slot.expires_at, bucket))
         }
 
         /// The shard's bound is at or below every expiry it holds, and
@@ -735,15 +749,26 @@ mod tests {
             self.engine.shards[0].lock().earliest_expiry
         }
 
+        /// Key `i`'s fencing token, if it is there.
+        fn token(&mut self, i: usize) -> Option<u64> {
+            self.with_slot(i, |shard, slot, _| shard.records.get(slot.at).token)
+        }
+
+        /// Slab places and table buckets.
+        fn held(&self) -> (usize, usize) {
+            let shard = self.engine.shards[0].lock();
+            (shard.records.places(), shard.table.num_buckets())
+        }
+
         fn layout(&self) -> u64 {
             self.engine.shards[0].lock().layout
         }
 
         /// Makes one step of `sweep`; true when the shard is done.
         fn step(&self, sweep: &mut super::ShardSweep) -> bool {
-            let mut removed = Vec::new();
+            let mut unlinked = super::Unlinked::default();
             let mut guard = self.engine.shards[0].lock();
-            sweep.step(&mut guard, &mut removed)
+            sweep.step(&mut guard, &mut unlinked)
         }
     }
 
@@ -946,6 +971,128 @@ mod tests {
             grown > 0 && in_place > 0,
             "grown {grown}, in place {in_place}"
         );
+    }
+
+    /// Puts `n` keys expiring at 10 s but every 50th, which lives to
+    /// 1,000 s; returns the survivors' tokens.
+    fn burst(direct: &mut Direct, n: usize) -> std::collections::HashMap<usize, u64> {
+        let mut survivors = std::collections::HashMap::new();
+        for i in 0..n {
+            direct.put(i, if i % 50 == 0 { 1_000 } else { 10 });
+            if i % 50 == 0 {
+                survivors.insert(i, direct.token);
+            }
+        }
+        survivors
+    }
+
+    /// A burst that expires leaves its survivors scattered over the slab;
+    /// the pass that expires it keeps the memory (a store refilling at
+    /// once reuses it), and the next pass moves the survivors together,
+    /// frees the emptied chunks and shrinks the table.
+    #[test]
+    fn passes_after_a_burst_expires_give_its_memory_back() {
+        let mut direct = Direct::new();
+        let n = 40_000;
+        let survivors = burst(&mut direct, n);
+        let (places, buckets) = direct.held();
+        assert!(
+            places >= n && buckets >= n,
+            "{places} places, {buckets} buckets"
+        );
+
+        let expired = direct.engine.maintain(at(10)).unwrap().expired;
+        assert_eq!(expired, (n - survivors.len()) as u64);
+        assert_eq!(
+            direct.held(),
+            (places, buckets),
+            "the expiring pass kept the memory"
+        );
+
+        // Nothing is due at 11 s; the shard is swept for its memory.
+        let (places_before, buckets_before) = (places, buckets);
+        let report = direct.engine.maintain(at(11)).unwrap();
+        let (places, buckets) = direct.held();
+        let live = survivors.len();
+        assert_eq!(report.expired, 0);
+        assert!(report.records_moved > 0 && report.records_moved <= live as u64);
+        let record_size = std::mem::size_of::<Option<crate::record::Record>>();
+        let slot_size = std::mem::size_of::<super::Slot>() + 1;
+        assert_eq!(
+            report.memory_released as usize,
+            (places_before - places) * record_size + (buckets_before - buckets) * slot_size
+        );
+        assert!(
+            places <= live + live / 4 + 2 * 256,
+            "{places} slab places kept for {live} records"
+        );
+        assert!(
+            buckets < 4 * live,
+            "{buckets} table buckets for {live} entries"
+        );
+        for (&i, &token) in &survivors {
+            assert_eq!(direct.token(i), Some(token), "survivor {i}");
+        }
+        direct.assert_bound_holds();
+        assert_eq!(direct.bound(), at(1_000));
+        assert_eq!(direct.engine.stats().live_records, live as u64);
+
+        // Settled: a further pass with nothing due does not sweep again.
+        let sweep_layout = direct.layout();
+        let mut sweep = super::ShardSweep::new(at(12));
+        assert!(direct.step(&mut sweep) && !sweep.started);
+        assert_eq!(direct.layout(), sweep_layout);
+    }
+
+    /// Writes between the steps of a sweep that evacuates: new records,
+    /// removed and replaced survivors. Every record stays findable with
+    /// its own token, and what the sweep could not move the next pass
+    /// does.
+    #[test]
+    fn writes_between_evacuating_steps_lose_nothing() {
+        let mut direct = Direct::new();
+        let n = 40_000;
+        let mut live = burst(&mut direct, n);
+        direct.engine.maintain(at(10)).unwrap();
+        let (places, _) = direct.held();
+
+        let mut sweep = super::ShardSweep::new(at(11));
+        assert!(!direct.step(&mut sweep), "one step swept the whole shard");
+        for i in (0..n).step_by(50) {
+            match i % 150 {
+                0 => {
+                    direct.remove(i);
+                    live.remove(&i);
+                }
+                50 => {
+                    direct.put(i, 2_000);
+                    live.insert(i, direct.token);
+                }
+                _ => {}
+            }
+        }
+        for i in n..n + 3_000 {
+            direct.put(i, 2_000);
+            live.insert(i, direct.token);
+        }
+        while !direct.step(&mut sweep) {}
+        for (&i, &token) in &live {
+            assert_eq!(direct.token(i), Some(token), "key {i}");
+        }
+        assert_eq!(direct.engine.stats().live_records, live.len() as u64);
+        direct.assert_bound_holds();
+
+        // The table grew back under the writes, so this sweep may have
+        // passed records over; the next pass finishes the move.
+        direct.engine.maintain(at(12)).unwrap();
+        let shard = direct.engine.shards[0].lock();
+        assert!(!shard.records.is_evacuating());
+        assert!(!shard.records.is_sparse());
+        assert!(shard.records.places() < places / 4);
+        drop(shard);
+        for (&i, &token) in &live {
+            assert_eq!(direct.token(i), Some(token), "key {i}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod counters;
 pub(crate) mod engine;
 mod maintenance;
 pub(crate) mod memory;
+mod slab;
 
 use std::path::Path;
 use std::sync::Arc;
