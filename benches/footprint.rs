@@ -138,6 +138,14 @@ struct Footprint {
     /// Lookups of loaded keys while back-to-back passes each expire about
     /// `records / EXPIRY_TICKS` records.
     lookups_expiring: Latencies,
+    /// Once every record has expired: the pass that removes them, then one
+    /// more. Bytes per loaded record that the in-memory store's own
+    /// structures gave back (`MaintenanceReport::memory_released`; `None`
+    /// for the durable store, which does not count them).
+    released_bytes_per_record: Option<f64>,
+    /// The resident set's growth over the load that is left after those two
+    /// passes, per loaded record.
+    ram_after_expiry_per_record: Option<f64>,
 }
 
 /// Quiet passes timed for [`Footprint::expiring_pass_secs`].
@@ -330,6 +338,27 @@ fn measure(subject: &Subject, opts: &Options) -> Result<Footprint, String> {
     pass_secs.sort_by(f64::total_cmp);
     let expiring_pass_secs = pass_secs[EXPIRING_PASSES / 2];
     let lookups_expiring = lookup_latencies(&store, &clock, &keys, Beside::Expiring, last_due)?;
+    drop(keys);
+    // Everything comes due. The pass that removes it keeps the memory (a
+    // store that fills again at once reuses it); the next one gives back
+    // what is left unused.
+    clock.set(last_due.saturating_add(EXPIRY_TICK));
+    let mut released = 0;
+    for _ in 0..2 {
+        released += store
+            .run_maintenance()
+            .map_err(|e| e.to_string())?
+            .memory_released;
+        clock.advance(EXPIRY_TICK);
+    }
+    let live = store.stats().live_records;
+    if live != 0 {
+        return Err(format!("{live} records left after all expired"));
+    }
+    let released_bytes_per_record = subject.reopen.is_none().then(|| per_record(released));
+    let ram_after_expiry_per_record = rss_before
+        .zip(common::rss_bytes())
+        .map(|(before, after)| per_record(after.saturating_sub(before)));
     Ok(Footprint {
         load_secs,
         ram_bytes_per_record: ram,
@@ -340,6 +369,8 @@ fn measure(subject: &Subject, opts: &Options) -> Result<Footprint, String> {
         lookups_sweeping,
         expiring_pass_secs,
         lookups_expiring,
+        released_bytes_per_record,
+        ram_after_expiry_per_record,
     })
 }
 
@@ -491,8 +522,9 @@ fn measure_one(i: usize, opts: &Options, jsonl_path: &Path) {
     match measure(&subject, opts) {
         Ok(f) => {
             let tail = |l: Latencies| format!("{:.1} / {:.1}", l.p99_us, l.p999_us);
+            let bytes = |b: Option<f64>| b.map_or("-".into(), |b| format!("{b:.0}"));
             println!(
-                "{:<24} {:>10.2} {:>14} {:>15.0} {:>12} {:>22} {:>20} {:>22} {:>22}",
+                "{:<24} {:>10.2} {:>14} {:>15.0} {:>12} {:>22} {:>20} {:>22} {:>22} {:>20}",
                 subject.name,
                 f.load_secs,
                 f.ram_bytes_per_record
@@ -507,6 +539,11 @@ fn measure_one(i: usize, opts: &Options, jsonl_path: &Path) {
                 tail(f.lookups_quiet),
                 tail(f.lookups_sweeping),
                 tail(f.lookups_expiring),
+                format!(
+                    "{} / {}",
+                    bytes(f.released_bytes_per_record),
+                    bytes(f.ram_after_expiry_per_record)
+                ),
             );
             let line = serde_json::json!({
                 "system": subject.name,
@@ -527,6 +564,8 @@ fn measure_one(i: usize, opts: &Options, jsonl_path: &Path) {
                 "lookup_expiring_p999_us": f.lookups_expiring.p999_us,
                 "expiring_passes": f.lookups_expiring.passes,
                 "expiring_records_expired": f.lookups_expiring.expired,
+                "released_bytes_per_record": f.released_bytes_per_record.map(f64::round),
+                "ram_after_expiry_bytes_per_record": f.ram_after_expiry_per_record.map(f64::round),
             });
             append_line(jsonl_path, &line);
         }
@@ -554,7 +593,7 @@ fn main() {
         common::filesystem_of(&root)
     );
     println!(
-        "{:<24} {:>10} {:>14} {:>15} {:>12} {:>22} {:>20} {:>22} {:>22}",
+        "{:<24} {:>10} {:>14} {:>15} {:>12} {:>22} {:>20} {:>22} {:>22} {:>20}",
         "store",
         "load s",
         "RAM B/record",
@@ -563,7 +602,8 @@ fn main() {
         "pass ms idle/expiring",
         "lookup p99/p99.9 µs",
         "same, while sweeping",
-        "same, while expiring"
+        "same, while expiring",
+        "expired: freed/kept B"
     );
     let _ = std::fs::File::create(&jsonl_path);
     let exe = std::env::current_exe().expect("the bench knows its own path");
@@ -607,6 +647,10 @@ fn main() {
          (the background thread runs one per interval, default 1 s, or after 15 times the last pass if that is longer). \
          lookup p99/p99.9 = one thread looking up loaded keys for {:.1} s, on a quiet store, then while another thread runs maintenance passes back to back (far more often than the background thread does) with nothing due, \
          then with each pass expiring the next 1/{} of the records (the durable store's on its reopened store). \
+         expired: freed/kept B = once every record has expired, after the pass that removes them and one more: \
+         bytes per loaded record the in-memory store's own structures gave back to the allocator (record slots, tables; \
+         the responses are freed with their records), and the resident set's growth over the load still left \
+         (an allocator may keep freed memory for reuse rather than return it: glibc does, until malloc_trim). \
          Framed log bytes per pair for these records: reserve {} B + complete {} B.",
         opts.response_bytes,
         EXPIRING_PASSES,
