@@ -5,7 +5,7 @@ use hashbrown::hash_table::{Entry, HashTable};
 use parking_lot::{Mutex, MutexGuard};
 
 use super::engine::{Change, Engine, EngineStats, Identity, MaintenanceReport, Wait};
-use super::slab::{RecordSlab, SlabIndex};
+use super::slab::{RecordSlab, Relocated, Room, SlabIndex};
 use crate::clock::Timestamp;
 use crate::error::Result;
 use crate::record::Record;
@@ -98,6 +98,16 @@ struct ShardSweep {
     started: bool,
     /// The table was oversized when the sweep started.
     shrink_table: bool,
+    /// Every bucket is visited; what remains is to rebuild the table or
+    /// the free list smaller, with memory made before the last step.
+    finishing: bool,
+    /// The slab's lists as the last step left them (or as a look before
+    /// the first one found them).
+    room: Option<Room>,
+    /// A move found no place ready: the next step needs a spare chunk.
+    needs_chunk: bool,
+    /// The table's entries when the last step ended.
+    table_len: usize,
     /// Records moved out of evacuating chunks.
     moved: u64,
     /// Bytes of chunks and table given back.
@@ -109,22 +119,37 @@ struct ShardSweep {
 /// the lock ~50 µs (1 M records, one in 25 left after a burst).
 const MOVES_PER_STEP: u64 = 64;
 
-/// What a sweep step unlinked under the shard's lock, to be dropped after
-/// it is released: freeing hundreds of responses, emptied chunks or a
-/// whole table is most of a step's cost, and requests to the shard would
-/// wait for it.
+/// Memory a sweep step works with, made or freed outside the shard's
+/// lock. Heap memory is neither allocated nor freed under it when it can
+/// be helped: `malloc` right after a burst's records were freed can stall
+/// for milliseconds (glibc sorts up to 10,000 freed blocks in one call),
+/// and freeing hundreds of responses, emptied chunks or a whole table is
+/// most of a step's cost.
 #[derive(Default)]
 struct Unlinked {
+    /// Removed records.
     records: Vec<Record>,
+    /// Freed chunks' places.
     chunks: Vec<Box<[Option<Record>]>>,
-    table: Option<HashTable<Slot>>,
+    /// The replaced table.
+    old_table: Option<HashTable<Slot>>,
+    /// Made ready: a table for the rebuild, a free list for the slab to
+    /// grow or shrink into (the old one comes back here), a chunk for
+    /// moves, scratch for the evacuation plan.
+    new_table: Option<HashTable<Slot>>,
+    free_list: Vec<SlabIndex>,
+    spare_chunk: Option<Box<[Option<Record>]>>,
+    plan: Vec<(u32, u32)>,
 }
 
 impl Unlinked {
+    /// Frees what the last step unlinked; keeps the buffers that are
+    /// reused step after step.
     fn clear(&mut self) {
         self.records.clear();
         self.chunks.clear();
-        self.table = None;
+        self.old_table = None;
+        self.free_list = Vec::new();
     }
 }
 
@@ -138,6 +163,12 @@ fn is_oversized(table: &HashTable<Slot>) -> bool {
     table.num_buckets() * 7 > 64 * table.len().max(SHRINK_FLOOR)
 }
 
+/// True when a free list of `len` places holds more than four times the
+/// room it needs.
+fn free_list_oversized(room: Room) -> bool {
+    room.free_capacity > 4 * room.free_len.max(SWEEP_STEP_BUCKETS)
+}
+
 impl ShardSweep {
     fn new(now: Timestamp) -> Self {
         ShardSweep {
@@ -147,15 +178,76 @@ impl ShardSweep {
             kept_earliest: Timestamp::MAX,
             started: false,
             shrink_table: false,
+            finishing: false,
+            room: None,
+            needs_chunk: false,
+            table_len: 0,
             moved: 0,
             released: 0,
         }
+    }
+
+    /// One step on `shard`: makes the memory the step may need, takes the
+    /// lock, steps, and hands the lock to a waiting request, if any, rather
+    /// than take it straight back. True when the shard is done. What the
+    /// step unlinked is in `unlinked`, for the caller to count and clear
+    /// once the lock is released.
+    fn step_on(&mut self, shard: &Mutex<Shard>, unlinked: &mut Unlinked) -> bool {
+        let room = match self.room {
+            Some(room) => room,
+            None => {
+                // A look first: most passes skip most shards, and need no
+                // memory made for them.
+                let shard = shard.lock();
+                if !self.worth_starting(&shard) {
+                    return true;
+                }
+                self.table_len = shard.table.len();
+                *self.room.insert(shard.records.room())
+            }
+        };
+        unlinked.records.reserve(SWEEP_STEP_BUCKETS);
+        unlinked.chunks.reserve(room.chunks);
+        unlinked.plan.reserve(room.chunks);
+        if self.finishing {
+            if free_list_oversized(room) {
+                unlinked.free_list = Vec::with_capacity(2 * room.free_len.max(SWEEP_STEP_BUCKETS));
+            }
+            if self.shrink_table {
+                // Twice the entries: room too for what requests add before
+                // the lock is taken.
+                unlinked.new_table = Some(HashTable::with_capacity(2 * self.table_len));
+            }
+        } else if room.free_capacity - room.free_len < SWEEP_STEP_BUCKETS {
+            unlinked.free_list = Vec::with_capacity(
+                (2 * room.free_capacity).max(room.free_len + 2 * SWEEP_STEP_BUCKETS),
+            );
+        }
+        if self.needs_chunk && unlinked.spare_chunk.is_none() {
+            unlinked.spare_chunk = Some(RecordSlab::spare_chunk());
+        }
+        let mut guard = shard.lock();
+        let done = self.step(&mut guard, unlinked);
+        if done {
+            drop(guard);
+        } else {
+            MutexGuard::unlock_fair(guard);
+        }
+        done
     }
 
     /// Visits the next buckets, moving the records due and whatever else it
     /// frees into `unlinked` (to be dropped once the lock is released);
     /// true when the shard is done.
     fn step(&mut self, shard: &mut Shard, unlinked: &mut Unlinked) -> bool {
+        let done = self.step_locked(shard, unlinked);
+        self.released += shard.records.take_retired(&mut unlinked.chunks) as u64;
+        self.room = Some(shard.records.room());
+        self.table_len = shard.table.len();
+        done
+    }
+
+    fn step_locked(&mut self, shard: &mut Shard, unlinked: &mut Unlinked) -> bool {
         let Shard {
             table,
             records,
@@ -163,24 +255,30 @@ impl ShardSweep {
             earliest_expiry,
             layout,
         } = shard;
+        if self.finishing {
+            self.finish(table, records, layout, unlinked);
+            return true;
+        }
         if !self.started {
             self.shrink_table = is_oversized(table);
-            let compacting = records.is_evacuating()
-                || records.is_sparse()
-                || records.has_retired()
-                || self.shrink_table;
-            if self.now < *earliest_expiry && !compacting {
+            if !self.worth_starting_on(table, records, *earliest_expiry) {
                 return true;
             }
             self.started = true;
             self.layout = *layout;
             *earliest_expiry = Timestamp::MAX;
-            records.plan_evacuation();
+            records.plan_evacuation(&mut unlinked.plan);
         }
+        // The removals below list places on the free list: grown, if need
+        // be, into memory made before the lock was taken.
+        records.replace_free_list(&mut unlinked.free_list, |len, capacity, spare| {
+            capacity - len < SWEEP_STEP_BUCKETS && spare - len >= SWEEP_STEP_BUCKETS
+        });
         let mut end = (self.next_bucket + SWEEP_STEP_BUCKETS).min(table.num_buckets());
         let removed = &mut unlinked.records;
         let before = removed.len();
         let moved_before = self.moved;
+        self.needs_chunk = false;
         let mut group = self.next_bucket;
         while group < end {
             // Which of the next 64 buckets are full, found without a branch
@@ -203,15 +301,27 @@ impl ShardSweep {
                     self.kept_earliest = self.kept_earliest.min(expires_at);
                     if records.is_evacuating() {
                         let slot = entry.get_mut();
-                        if let Some(moved) = records.relocate(slot.at) {
-                            slot.at = moved;
-                            self.moved += 1;
+                        match records.relocate(slot.at, &mut unlinked.spare_chunk) {
+                            Relocated::Stays => {}
+                            Relocated::Moved(to) => {
+                                slot.at = to;
+                                self.moved += 1;
+                            }
+                            // Visited again next step, with a spare chunk.
+                            Relocated::NeedsChunk => {
+                                self.needs_chunk = true;
+                                end = bucket;
+                                break;
+                            }
                         }
                     }
                 } else {
                     let (slot, _) = entry.remove();
                     removed.extend(records.remove(slot.at));
                 }
+            }
+            if self.needs_chunk {
+                break;
             }
             group += width;
             if self.moved - moved_before >= MOVES_PER_STEP {
@@ -222,7 +332,6 @@ impl ShardSweep {
             .iter()
             .filter(|r| r.is_in_flight())
             .count() as u64;
-        self.released += records.take_retired(&mut unlinked.chunks) as u64;
         self.next_bucket = end;
         if end < table.num_buckets() {
             return false;
@@ -231,20 +340,61 @@ impl ShardSweep {
             self.kept_earliest = Timestamp::ZERO;
         }
         *earliest_expiry = (*earliest_expiry).min(self.kept_earliest);
+        let shrink_free_list = free_list_oversized(records.room());
+        if (self.shrink_table && is_oversized(table)) || shrink_free_list {
+            // Once more, with the memory made outside the lock.
+            self.finishing = true;
+            return false;
+        }
+        true
+    }
+
+    /// True when the shard has records due or memory to give back.
+    fn worth_starting(&self, shard: &Shard) -> bool {
+        self.worth_starting_on(&shard.table, &shard.records, shard.earliest_expiry)
+    }
+
+    fn worth_starting_on(
+        &self,
+        table: &HashTable<Slot>,
+        records: &RecordSlab,
+        earliest_expiry: Timestamp,
+    ) -> bool {
+        self.now >= earliest_expiry
+            || records.is_evacuating()
+            || records.is_sparse()
+            || records.has_retired()
+            || is_oversized(table)
+    }
+
+    /// The last step of a sweep that gives memory back: the table rebuilt
+    /// at twice its entries, into the table made for it, and the free list
+    /// moved into a smaller one.
+    fn finish(
+        &mut self,
+        table: &mut HashTable<Slot>,
+        records: &mut RecordSlab,
+        layout: &mut u64,
+        unlinked: &mut Unlinked,
+    ) {
         if self.shrink_table && is_oversized(table) {
-            // Rebuilt rather than shrunk in place, so that the old table's
-            // memory is freed after the lock is released.
+            let mut smaller = unlinked
+                .new_table
+                .take()
+                .filter(|t| t.capacity() >= table.len())
+                .unwrap_or_else(|| HashTable::with_capacity(2 * table.len()));
             *layout += 1;
-            let mut smaller = HashTable::with_capacity(2 * table.len());
             for slot in table.drain() {
                 smaller.insert_unique(slot.hash, slot, |s| s.hash);
             }
             let old = std::mem::replace(table, smaller);
             let bucket_bytes = std::mem::size_of::<Slot>() + 1;
             self.released += ((old.num_buckets() - table.num_buckets()) * bucket_bytes) as u64;
-            unlinked.table = Some(old);
+            unlinked.old_table = Some(old);
         }
-        true
+        records.replace_free_list(&mut unlinked.free_list, |_, capacity, spare| {
+            spare < capacity
+        });
     }
 }
 
@@ -372,15 +522,7 @@ impl Engine for MemoryEngine {
         for shard in self.shards.iter() {
             let mut sweep = ShardSweep::new(now);
             loop {
-                let mut guard = shard.lock();
-                let done = sweep.step(&mut guard, &mut unlinked);
-                if done {
-                    drop(guard);
-                } else {
-                    // Hand the lock to a request waiting for it, if any,
-                    // rather than take it straight back.
-                    MutexGuard::unlock_fair(guard);
-                }
+                let done = sweep.step_on(shard, &mut unlinked);
                 report.expired += unlinked.records.len() as u64;
                 unlinked.clear();
                 if done {
@@ -780,8 +922,7 @@ mod tests {
         /// Makes one step of `sweep`; true when the shard is done.
         fn step(&self, sweep: &mut super::ShardSweep) -> bool {
             let mut unlinked = super::Unlinked::default();
-            let mut guard = self.engine.shards[0].lock();
-            sweep.step(&mut guard, &mut unlinked)
+            sweep.step_on(&self.engine.shards[0], &mut unlinked)
         }
     }
 

@@ -30,6 +30,25 @@ pub(super) struct SlabIndex {
     offset: u32,
 }
 
+/// What [`RecordSlab::relocate`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Relocated {
+    /// The record's chunk is not being evacuated.
+    Stays,
+    /// The record is at this place now.
+    Moved(SlabIndex),
+    /// No place was ready and no spare chunk given: the record stays.
+    NeedsChunk,
+}
+
+/// The sizes of a slab's lists ([`RecordSlab::room`]).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Room {
+    pub(super) free_len: usize,
+    pub(super) free_capacity: usize,
+    pub(super) chunks: usize,
+}
+
 const FIRST_CHUNK: usize = 16;
 const LARGEST_CHUNK: usize = 256;
 
@@ -113,12 +132,20 @@ impl RecordSlab {
     fn allocate_chunk(&mut self) -> u32 {
         let allocated = self.chunks.len() - self.vacant_chunks.len();
         let len = (FIRST_CHUNK << allocated.min(8)).min(LARGEST_CHUNK);
+        self.adopt_chunk((0..len).map(|_| None).collect())
+    }
+
+    /// Takes `places` (all free) as a chunk, in a freed chunk's index if
+    /// there is one.
+    fn adopt_chunk(&mut self, places: Box<[Option<Record>]>) -> u32 {
         let chunk = Chunk {
-            places: (0..len).map(|_| None).collect(),
+            places,
             live: 0,
             evacuating: false,
         };
-        self.places += len;
+        self.places += chunk.places.len();
+        // Room to retire every chunk without growing the list under a lock.
+        self.retired.reserve(self.chunks.len() + 1);
         match self.vacant_chunks.pop() {
             Some(i) => {
                 self.chunks[i as usize] = chunk;
@@ -175,15 +202,39 @@ impl RecordSlab {
     }
 
     /// Moves the record at `at` to another place if its chunk is being
-    /// evacuated; returns where it went.
-    pub(super) fn relocate(&mut self, at: SlabIndex) -> Option<SlabIndex> {
+    /// evacuated. A move takes a free place, the open chunk's next one or
+    /// else `spare` as a new chunk; it never allocates, since it runs under
+    /// the shard's lock, where `malloc` can stall: right after a burst's
+    /// responses were freed glibc sorts up to 10,000 freed blocks per call
+    /// (a sweep step at 10 M records held the lock 4–36 ms for that).
+    pub(super) fn relocate(
+        &mut self,
+        at: SlabIndex,
+        spare: &mut Option<Box<[Option<Record>]>>,
+    ) -> Relocated {
         if !self.chunks[at.chunk as usize].evacuating {
-            return None;
+            return Relocated::Stays;
+        }
+        let open_has_room = self
+            .open
+            .is_some_and(|(chunk, used)| used < self.chunks[chunk as usize].places.len());
+        if self.free.is_empty() && !open_has_room {
+            let Some(places) = spare.take() else {
+                return Relocated::NeedsChunk;
+            };
+            let chunk = self.adopt_chunk(places);
+            self.open = Some((chunk, 0));
         }
         match self.remove(at) {
-            Some(record) => Some(self.insert(record)),
+            Some(record) => Relocated::Moved(self.insert(record)),
             None => unreachable!("a table entry points at a free slab place"),
         }
+    }
+
+    /// Places for a chunk that moves take when no place is ready, made
+    /// before the lock is taken.
+    pub(super) fn spare_chunk() -> Box<[Option<Record>]> {
+        (0..LARGEST_CHUNK).map(|_| None).collect()
     }
 
     /// True while freed chunks wait in [`take_retired`](Self::take_retired).
@@ -212,18 +263,23 @@ impl RecordSlab {
     /// evacuation, keeping places for every record and a quarter more. A
     /// sweep that then visits every record frees the marked ones; records
     /// it misses keep their chunk marked for the next sweep.
-    pub(super) fn plan_evacuation(&mut self) {
+    ///
+    /// `candidates` is scratch space: with capacity for one entry per chunk
+    /// ([`Room::chunks`]), made before the lock was taken, the plan
+    /// allocates nothing.
+    pub(super) fn plan_evacuation(&mut self, candidates: &mut Vec<(u32, u32)>) {
         if !self.is_sparse() {
             return;
         }
         let open = self.open.map(|(chunk, _)| chunk);
-        let mut candidates: Vec<(u32, u32)> = self
-            .chunks
-            .iter()
-            .enumerate()
-            .filter(|&(i, c)| !c.places.is_empty() && !c.evacuating && Some(i as u32) != open)
-            .map(|(i, c)| (c.live, i as u32))
-            .collect();
+        candidates.clear();
+        candidates.extend(
+            self.chunks
+                .iter()
+                .enumerate()
+                .filter(|&(i, c)| !c.places.is_empty() && !c.evacuating && Some(i as u32) != open)
+                .map(|(i, c)| (c.live, i as u32)),
+        );
         candidates.sort_unstable();
         let needed = self.live + self.live / 4 + LARGEST_CHUNK;
         // Chunks an earlier plan marked are leaving already (a sweep that
@@ -235,32 +291,50 @@ impl RecordSlab {
             .map(|c| c.places.len())
             .sum();
         let mut kept = self.places - leaving;
-        let mut emptied = Vec::new();
-        for (live, i) in candidates {
+        for &(live, i) in candidates.iter() {
             let chunk = &mut self.chunks[i as usize];
             if kept - chunk.places.len() < needed {
                 break;
             }
             kept -= chunk.places.len();
-            if live == 0 {
-                emptied.push(i);
-            } else {
-                chunk.evacuating = true;
-                self.evacuating += 1;
-            }
+            // Empty ones are marked only until the free list is purged.
+            chunk.evacuating = true;
+            self.evacuating += usize::from(live > 0);
         }
         // No free place may stay listed in a chunk that leaves.
-        for &i in &emptied {
-            self.chunks[i as usize].evacuating = true;
-        }
         let chunks = &self.chunks;
         self.free.retain(|at| !chunks[at.chunk as usize].evacuating);
-        for i in emptied {
-            self.free_chunk(i);
+        for &(live, i) in candidates.iter() {
+            if live == 0 && self.chunks[i as usize].evacuating {
+                self.free_chunk(i);
+            }
         }
-        // Keep the list's memory in proportion to what it holds.
-        if self.free.capacity() > 4 * self.free.len().max(LARGEST_CHUNK) {
-            self.free.shrink_to(2 * self.free.len());
+    }
+
+    /// What the slab's lists hold and can hold, for the sweep to make the
+    /// memory a step may need before it takes the lock.
+    pub(super) fn room(&self) -> Room {
+        Room {
+            free_len: self.free.len(),
+            free_capacity: self.free.capacity(),
+            chunks: self.chunks.len(),
+        }
+    }
+
+    /// Takes `spare` as the free list (copying the list into it) if it
+    /// can hold every listed place and `want(listed, capacity,
+    /// spare capacity)` holds; the old list is left in `spare`, to be
+    /// freed after the lock is released.
+    pub(super) fn replace_free_list(
+        &mut self,
+        spare: &mut Vec<SlabIndex>,
+        want: impl FnOnce(usize, usize, usize) -> bool,
+    ) {
+        let (len, capacity) = (self.free.len(), self.free.capacity());
+        if spare.capacity() >= len && want(len, capacity, spare.capacity()) {
+            spare.clear();
+            spare.extend_from_slice(&self.free);
+            std::mem::swap(&mut self.free, spare);
         }
     }
 
@@ -297,6 +371,19 @@ pub(super) mod tests {
             i as u64 + 1,
         )
         .into_record(&key)
+    }
+
+    fn plan(slab: &mut RecordSlab) {
+        slab.plan_evacuation(&mut Vec::new());
+    }
+
+    /// Relocates as a sweep does, with a spare chunk at hand.
+    fn relocate(slab: &mut RecordSlab, at: SlabIndex) -> Option<SlabIndex> {
+        match slab.relocate(at, &mut Some(RecordSlab::spare_chunk())) {
+            Relocated::Moved(to) => Some(to),
+            Relocated::Stays => None,
+            Relocated::NeedsChunk => unreachable!("a spare was given"),
+        }
     }
 
     fn token(slab: &RecordSlab, at: SlabIndex) -> u64 {
@@ -376,7 +463,7 @@ pub(super) mod tests {
             }
         }
         let survivors: Vec<SlabIndex> = at.into_iter().step_by(100).collect();
-        slab.plan_evacuation();
+        plan(&mut slab);
         let marked = live_in_evacuating(&slab);
         assert!(marked > 0);
         // The sweep moves nothing (a rehash put every survivor behind it);
@@ -384,7 +471,7 @@ pub(super) mod tests {
         let fresh: Vec<SlabIndex> = (0..3_000)
             .map(|i| slab.insert(record(100_000 + i)))
             .collect();
-        slab.plan_evacuation();
+        plan(&mut slab);
         check_tallies(&slab);
         let full_marked = slab
             .chunks
@@ -395,7 +482,7 @@ pub(super) mod tests {
         let moved = survivors
             .iter()
             .chain(&fresh)
-            .filter(|a| slab.relocate(**a).is_some())
+            .filter(|a| relocate(&mut slab, **a).is_some())
             .count();
         check_tallies(&slab);
         assert!(!slab.is_evacuating());
@@ -422,14 +509,14 @@ pub(super) mod tests {
         assert!(slab.is_sparse());
         assert_eq!(slab.places(), full, "removing alone frees nothing");
 
-        slab.plan_evacuation();
+        plan(&mut slab);
         assert!(slab.is_evacuating());
         check_tallies(&slab);
         // What a sweep does: every record it visits is relocated.
         let mut moved = 0;
         for (n, a) in at.iter_mut().enumerate() {
             let before = token(&slab, *a);
-            if let Some(to) = slab.relocate(*a) {
+            if let Some(to) = relocate(&mut slab, *a) {
                 *a = to;
                 moved += 1;
             }
@@ -482,10 +569,10 @@ pub(super) mod tests {
                 }
             }
             live = kept;
-            slab.plan_evacuation();
+            plan(&mut slab);
             // Half the survivors are relocated before more writes come in.
             for (a, _) in live.iter_mut().step_by(2) {
-                *a = slab.relocate(*a).unwrap_or(*a);
+                *a = relocate(&mut slab, *a).unwrap_or(*a);
             }
             for _ in 0..100 {
                 let a = slab.insert(record(next));
@@ -493,7 +580,7 @@ pub(super) mod tests {
                 live.push((a, next as u64));
             }
             for (a, _) in live.iter_mut() {
-                *a = slab.relocate(*a).unwrap_or(*a);
+                *a = relocate(&mut slab, *a).unwrap_or(*a);
             }
             check_tallies(&slab);
             for (a, t) in &live {
@@ -513,6 +600,54 @@ pub(super) mod tests {
         assert!(slab.chunks.len() <= chunks_after_first_burst + 2);
     }
 
+    /// With no free place and the open chunk full, a move needs a spare
+    /// chunk made outside the lock: without one the record stays put.
+    #[test]
+    fn a_move_with_no_place_ready_waits_for_a_spare_chunk() {
+        let mut slab = RecordSlab::default();
+        let mut at: Vec<SlabIndex> = (0..8_000).map(|i| slab.insert(record(i))).collect();
+        for a in at.drain(..).skip(1).filter(|a| a.offset % 64 != 0) {
+            slab.remove(a).unwrap();
+        }
+        plan(&mut slab);
+        assert!(slab.is_evacuating());
+        // Writes take every free place and fill the open chunk.
+        let mut n = 100_000;
+        while !slab.free.is_empty()
+            || slab
+                .open
+                .is_some_and(|(c, used)| used < slab.chunks[c as usize].places.len())
+        {
+            slab.insert(record(n));
+            n += 1;
+        }
+        let marked = slab
+            .chunks
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.evacuating && c.live > 0)
+            .map(|(i, c)| {
+                let offset = c.places.iter().position(Option::is_some).unwrap();
+                SlabIndex {
+                    chunk: i as u32,
+                    offset: offset as u32,
+                }
+            })
+            .expect("a marked chunk with a record");
+        let token_before = token(&slab, marked);
+        let places_before = slab.places();
+        assert_eq!(slab.relocate(marked, &mut None), Relocated::NeedsChunk);
+        assert_eq!(token(&slab, marked), token_before);
+        assert_eq!(slab.places(), places_before, "no chunk was allocated");
+        let mut spare = Some(RecordSlab::spare_chunk());
+        let Relocated::Moved(to) = slab.relocate(marked, &mut spare) else {
+            panic!("a spare chunk was given")
+        };
+        assert!(spare.is_none());
+        assert_eq!(token(&slab, to), token_before);
+        check_tallies(&slab);
+    }
+
     #[test]
     fn a_small_slab_is_left_alone() {
         let mut slab = RecordSlab::default();
@@ -524,7 +659,7 @@ pub(super) mod tests {
             !slab.is_sparse(),
             "two chunks of slack are not worth a move"
         );
-        slab.plan_evacuation();
+        plan(&mut slab);
         assert!(!slab.is_evacuating());
     }
 }
