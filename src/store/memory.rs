@@ -101,6 +101,10 @@ struct ShardSweep {
     /// Every bucket is visited; what remains is to rebuild the table or
     /// the free list smaller, with memory made before the last step.
     finishing: bool,
+    /// The table is to be rebuilt in the finishing step.
+    rebuild_table: bool,
+    /// The finishing step found the table made for it too small once.
+    table_fell_short: bool,
     /// The slab's lists as the last step left them (or as a look before
     /// the first one found them).
     room: Option<Room>,
@@ -149,6 +153,7 @@ impl Unlinked {
         self.records.clear();
         self.chunks.clear();
         self.old_table = None;
+        self.new_table = None;
         self.free_list = Vec::new();
     }
 }
@@ -179,6 +184,8 @@ impl ShardSweep {
             started: false,
             shrink_table: false,
             finishing: false,
+            rebuild_table: false,
+            table_fell_short: false,
             room: None,
             needs_chunk: false,
             table_len: 0,
@@ -206,14 +213,21 @@ impl ShardSweep {
                 *self.room.insert(shard.records.room())
             }
         };
-        unlinked.records.reserve(SWEEP_STEP_BUCKETS);
+        // Room for the records a step may remove, with some for what
+        // requests add meanwhile.
+        unlinked
+            .records
+            .reserve(SWEEP_STEP_BUCKETS.min(self.table_len + 64));
         unlinked.chunks.reserve(room.chunks);
-        unlinked.plan.reserve(room.chunks);
+        if !self.started {
+            unlinked.plan.clear();
+            unlinked.plan.reserve(room.chunks);
+        }
         if self.finishing {
             if free_list_oversized(room) {
                 unlinked.free_list = Vec::with_capacity(2 * room.free_len.max(SWEEP_STEP_BUCKETS));
             }
-            if self.shrink_table {
+            if self.rebuild_table {
                 // Twice the entries: room too for what requests add before
                 // the lock is taken.
                 unlinked.new_table = Some(HashTable::with_capacity(2 * self.table_len));
@@ -256,8 +270,7 @@ impl ShardSweep {
             layout,
         } = shard;
         if self.finishing {
-            self.finish(table, records, layout, unlinked);
-            return true;
+            return self.finish(table, records, layout, unlinked);
         }
         if !self.started {
             self.shrink_table = is_oversized(table);
@@ -340,8 +353,8 @@ impl ShardSweep {
             self.kept_earliest = Timestamp::ZERO;
         }
         *earliest_expiry = (*earliest_expiry).min(self.kept_earliest);
-        let shrink_free_list = free_list_oversized(records.room());
-        if (self.shrink_table && is_oversized(table)) || shrink_free_list {
+        self.rebuild_table = self.shrink_table && is_oversized(table);
+        if self.rebuild_table || free_list_oversized(records.room()) {
             // Once more, with the memory made outside the lock.
             self.finishing = true;
             return false;
@@ -369,20 +382,26 @@ impl ShardSweep {
 
     /// The last step of a sweep that gives memory back: the table rebuilt
     /// at twice its entries, into the table made for it, and the free list
-    /// moved into a smaller one.
+    /// moved into a smaller one made for it. True when done; false to be
+    /// called again, once, with a larger table made, when requests added
+    /// more entries than the one made could hold.
     fn finish(
         &mut self,
         table: &mut HashTable<Slot>,
         records: &mut RecordSlab,
         layout: &mut u64,
         unlinked: &mut Unlinked,
-    ) {
-        if self.shrink_table && is_oversized(table) {
-            let mut smaller = unlinked
-                .new_table
-                .take()
-                .filter(|t| t.capacity() >= table.len())
-                .unwrap_or_else(|| HashTable::with_capacity(2 * table.len()));
+    ) -> bool {
+        if self.rebuild_table && is_oversized(table) {
+            let made = unlinked.new_table.take();
+            let mut smaller = match made {
+                Some(t) if t.capacity() >= table.len() => t,
+                _ if !self.table_fell_short => {
+                    self.table_fell_short = true;
+                    return false;
+                }
+                _ => HashTable::with_capacity(2 * table.len()),
+            };
             *layout += 1;
             for slot in table.drain() {
                 smaller.insert_unique(slot.hash, slot, |s| s.hash);
@@ -392,9 +411,12 @@ impl ShardSweep {
             self.released += ((old.num_buckets() - table.num_buckets()) * bucket_bytes) as u64;
             unlinked.old_table = Some(old);
         }
-        records.replace_free_list(&mut unlinked.free_list, |_, capacity, spare| {
-            spare < capacity
+        // Only into a list made for it: an empty one would leave the next
+        // removal to allocate under the lock.
+        records.replace_free_list(&mut unlinked.free_list, |len, capacity, spare| {
+            spare < capacity && spare >= len.max(1)
         });
+        true
     }
 }
 
@@ -1287,6 +1309,101 @@ mod tests {
         drop(shard);
         for (&i, &token) in &live {
             assert_eq!(direct.token(i), Some(token), "key {i}");
+        }
+    }
+
+    /// Runs `sweep` on the one shard step by step, as a pass does, until
+    /// `stop` holds after a step or the shard is done; true when done.
+    fn step_until(
+        direct: &Direct,
+        sweep: &mut super::ShardSweep,
+        unlinked: &mut super::Unlinked,
+        mut stop: impl FnMut(&super::ShardSweep, &super::Unlinked) -> bool,
+    ) -> bool {
+        loop {
+            let done = sweep.step_on(&direct.engine.shards[0], unlinked);
+            let stopped = stop(sweep, unlinked);
+            unlinked.clear();
+            if done || stopped {
+                return done;
+            }
+        }
+    }
+
+    /// A one-shard engine after a [`burst`] of `n` records expired at
+    /// 10 s, and a sweep to start at 11 s.
+    fn burst_expired(n: usize) -> (Direct, super::ShardSweep, super::Unlinked) {
+        let mut direct = Direct::new();
+        burst(&mut direct, n);
+        direct.engine.maintain(at(10)).unwrap();
+        let sweep = super::ShardSweep::new(at(11));
+        (direct, sweep, super::Unlinked::default())
+    }
+
+    /// A finishing step whose free list was not made smaller keeps the
+    /// list it has, even an empty one: taking an unprepared empty list
+    /// would leave the next removals to allocate under the lock.
+    #[test]
+    fn finishing_keeps_a_free_list_it_was_not_given() {
+        let n = 10_000;
+        let (mut direct, mut sweep, mut unlinked) = burst_expired(n);
+        assert!(!step_until(&direct, &mut sweep, &mut unlinked, |s, _| s.finishing));
+        let mut next = n + 10;
+        while direct.engine.shards[0].lock().records.room().free_len > 0 {
+            direct.put(next, 2_000);
+            next += 1;
+        }
+        let capacity = direct.engine.shards[0].lock().records.room().free_capacity;
+        assert!(sweep.step_on(&direct.engine.shards[0], &mut unlinked));
+        let room = direct.engine.shards[0].lock().records.room();
+        assert_eq!(room.free_capacity, capacity, "the free list was replaced");
+    }
+
+    /// The table made for the finishing step is made only if the table is
+    /// still to be rebuilt when the scan ends, and never outlives the step.
+    #[test]
+    fn a_table_for_the_rebuild_is_made_only_when_needed() {
+        let n = 40_000;
+        let (mut direct, mut sweep, mut unlinked) = burst_expired(n);
+        assert!(!step_until(&direct, &mut sweep, &mut unlinked, |_, _| true));
+        assert!(sweep.shrink_table);
+        // Requests fill the table back up while the sweep runs.
+        for i in n + 10..n + 10 + 8_000 {
+            direct.put(i, 2_000);
+        }
+        assert!(!step_until(&direct, &mut sweep, &mut unlinked, |s, _| s.finishing));
+        assert!(!sweep.rebuild_table, "the table is no longer oversized");
+        let mut made = false;
+        assert!(step_until(&direct, &mut sweep, &mut unlinked, |_, u| {
+            made |= u.new_table.is_some();
+            false
+        }));
+        assert!(!made, "a table was made for nothing");
+        assert!(unlinked.new_table.is_none());
+    }
+
+    /// The plan's scratch space holds one entry per chunk, whatever the
+    /// steps before it left.
+    #[test]
+    fn the_plan_scratch_stays_one_entry_per_chunk() {
+        let mut direct = Direct::new();
+        burst(&mut direct, 40_000);
+        direct.engine.maintain(at(10)).unwrap();
+        let chunks = direct.engine.shards[0].lock().records.room().chunks;
+        for now in [11, 12] {
+            let mut sweep = super::ShardSweep::new(at(now));
+            let mut unlinked = super::Unlinked {
+                plan: (0..chunks as u32).map(|i| (i, i)).collect(),
+                ..Default::default()
+            };
+            step_until(&direct, &mut sweep, &mut unlinked, |_, u| {
+                assert!(
+                    u.plan.capacity() <= chunks,
+                    "{} for {chunks}",
+                    u.plan.capacity()
+                );
+                false
+            });
         }
     }
 

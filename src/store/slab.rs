@@ -144,8 +144,13 @@ impl RecordSlab {
             evacuating: false,
         };
         self.places += chunk.places.len();
-        // Room to retire every chunk without growing the list under a lock.
-        self.retired.reserve(self.chunks.len() + 1);
+        // Room to retire and list every chunk without growing either list
+        // under the sweep's lock (capacities, not counted from their use).
+        let chunks = self.chunks.len() + 1;
+        self.retired
+            .reserve(chunks.saturating_sub(self.retired.len()));
+        self.vacant_chunks
+            .reserve(chunks.saturating_sub(self.vacant_chunks.len()));
         match self.vacant_chunks.pop() {
             Some(i) => {
                 self.chunks[i as usize] = chunk;
@@ -203,10 +208,12 @@ impl RecordSlab {
 
     /// Moves the record at `at` to another place if its chunk is being
     /// evacuated. A move takes a free place, the open chunk's next one or
-    /// else `spare` as a new chunk; it never allocates, since it runs under
-    /// the shard's lock, where `malloc` can stall: right after a burst's
-    /// responses were freed glibc sorts up to 10,000 freed blocks per call
-    /// (a sweep step at 10 M records held the lock 4–36 ms for that).
+    /// else `spare` as a new chunk; it allocates no chunk itself (only the
+    /// list of chunks may grow, rarely, when it takes the spare), since it
+    /// runs under the shard's lock, where `malloc` can stall: right after a
+    /// burst's responses were freed glibc sorts up to 10,000 freed blocks
+    /// per call (a sweep step at 10 M records held the lock 4–36 ms for
+    /// that).
     pub(super) fn relocate(
         &mut self,
         at: SlabIndex,
