@@ -262,6 +262,9 @@ impl ShardSweep {
     }
 
     fn step_locked(&mut self, shard: &mut Shard, unlinked: &mut Unlinked) -> bool {
+        if !self.started && !self.finishing && !self.worth_starting(shard) {
+            return true;
+        }
         let Shard {
             table,
             records,
@@ -274,9 +277,6 @@ impl ShardSweep {
         }
         if !self.started {
             self.shrink_table = is_oversized(table);
-            if !self.worth_starting_on(table, records, *earliest_expiry) {
-                return true;
-            }
             self.started = true;
             self.layout = *layout;
             *earliest_expiry = Timestamp::MAX;
@@ -364,20 +364,12 @@ impl ShardSweep {
 
     /// True when the shard has records due or memory to give back.
     fn worth_starting(&self, shard: &Shard) -> bool {
-        self.worth_starting_on(&shard.table, &shard.records, shard.earliest_expiry)
-    }
-
-    fn worth_starting_on(
-        &self,
-        table: &HashTable<Slot>,
-        records: &RecordSlab,
-        earliest_expiry: Timestamp,
-    ) -> bool {
-        self.now >= earliest_expiry
+        let records = &shard.records;
+        self.now >= shard.earliest_expiry
             || records.is_evacuating()
             || records.is_sparse()
             || records.has_retired()
-            || is_oversized(table)
+            || is_oversized(&shard.table)
     }
 
     /// The last step of a sweep that gives memory back: the table rebuilt
@@ -1225,13 +1217,10 @@ mod tests {
     /// record after every step, and every record keeps its token.
     #[test]
     fn writes_between_evacuating_steps_lose_nothing() {
-        let mut direct = Direct::new();
         let n = 40_000;
-        let mut live = burst(&mut direct, n);
-        direct.engine.maintain(at(10)).unwrap();
+        let (mut direct, mut live, mut sweep, _) = burst_expired(n);
         let (places, _) = direct.held();
 
-        let mut sweep = super::ShardSweep::new(at(11));
         assert!(!direct.step(&mut sweep), "one step swept the whole shard");
         direct.assert_consistent();
         churn_survivors(&mut direct, &mut live, n);
@@ -1284,12 +1273,10 @@ mod tests {
     /// nearly every record).
     #[test]
     fn a_pass_finishes_what_an_earlier_sweep_left_marked() {
-        let mut direct = Direct::new();
         let n = 40_000;
-        let mut live = burst(&mut direct, n);
-        direct.engine.maintain(at(10)).unwrap();
+        let (mut direct, mut live, mut sweep, _) = burst_expired(n);
         // One step, and the sweep is never taken up again.
-        assert!(!direct.step(&mut super::ShardSweep::new(at(11))));
+        assert!(!direct.step(&mut sweep));
         churn_survivors(&mut direct, &mut live, n);
         let left =
             super::super::slab::tests::live_in_evacuating(&direct.engine.shards[0].lock().records);
@@ -1331,13 +1318,20 @@ mod tests {
     }
 
     /// A one-shard engine after a [`burst`] of `n` records expired at
-    /// 10 s, and a sweep to start at 11 s.
-    fn burst_expired(n: usize) -> (Direct, super::ShardSweep, super::Unlinked) {
+    /// 10 s, the survivors' tokens, and a sweep to start at 11 s.
+    fn burst_expired(
+        n: usize,
+    ) -> (
+        Direct,
+        std::collections::HashMap<usize, u64>,
+        super::ShardSweep,
+        super::Unlinked,
+    ) {
         let mut direct = Direct::new();
-        burst(&mut direct, n);
+        let survivors = burst(&mut direct, n);
         direct.engine.maintain(at(10)).unwrap();
         let sweep = super::ShardSweep::new(at(11));
-        (direct, sweep, super::Unlinked::default())
+        (direct, survivors, sweep, super::Unlinked::default())
     }
 
     /// A finishing step whose free list was not made smaller keeps the
@@ -1346,7 +1340,7 @@ mod tests {
     #[test]
     fn finishing_keeps_a_free_list_it_was_not_given() {
         let n = 10_000;
-        let (mut direct, mut sweep, mut unlinked) = burst_expired(n);
+        let (mut direct, _, mut sweep, mut unlinked) = burst_expired(n);
         assert!(!step_until(&direct, &mut sweep, &mut unlinked, |s, _| s.finishing));
         let mut next = n + 10;
         while direct.engine.shards[0].lock().records.room().free_len > 0 {
@@ -1364,7 +1358,7 @@ mod tests {
     #[test]
     fn a_table_for_the_rebuild_is_made_only_when_needed() {
         let n = 40_000;
-        let (mut direct, mut sweep, mut unlinked) = burst_expired(n);
+        let (mut direct, _, mut sweep, mut unlinked) = burst_expired(n);
         assert!(!step_until(&direct, &mut sweep, &mut unlinked, |_, _| true));
         assert!(sweep.shrink_table);
         // Requests fill the table back up while the sweep runs.

@@ -116,11 +116,18 @@ impl RecordSlab {
         at
     }
 
+    /// The open chunk and the places it has handed out, if it has one
+    /// left to hand out.
+    fn open_with_room(&self) -> Option<(u32, usize)> {
+        self.open
+            .filter(|&(chunk, used)| used < self.chunks[chunk as usize].places.len())
+    }
+
     /// The open chunk's next place, opening a new chunk when it is full.
     fn next_fresh_place(&mut self) -> SlabIndex {
-        let (chunk, used) = match self.open {
-            Some((chunk, used)) if used < self.chunks[chunk as usize].places.len() => (chunk, used),
-            _ => (self.allocate_chunk(), 0),
+        let (chunk, used) = match self.open_with_room() {
+            Some(open) => open,
+            None => (self.allocate_chunk(), 0),
         };
         self.open = Some((chunk, used + 1));
         SlabIndex {
@@ -222,10 +229,7 @@ impl RecordSlab {
         if !self.chunks[at.chunk as usize].evacuating {
             return Relocated::Stays;
         }
-        let open_has_room = self
-            .open
-            .is_some_and(|(chunk, used)| used < self.chunks[chunk as usize].places.len());
-        if self.free.is_empty() && !open_has_room {
+        if self.free.is_empty() && self.open_with_room().is_none() {
             let Some(places) = spare.take() else {
                 return Relocated::NeedsChunk;
             };
@@ -620,11 +624,7 @@ pub(super) mod tests {
         assert!(slab.is_evacuating());
         // Writes take every free place and fill the open chunk.
         let mut n = 100_000;
-        while !slab.free.is_empty()
-            || slab
-                .open
-                .is_some_and(|(c, used)| used < slab.chunks[c as usize].places.len())
-        {
+        while !slab.free.is_empty() || slab.open_with_room().is_some() {
             slab.insert(record(n));
             n += 1;
         }
