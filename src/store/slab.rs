@@ -1,5 +1,6 @@
 //! Where the in-memory engine keeps its records: one slab per shard, in
-//! chunks allocated and written through at once, with a free list.
+//! chunks allocated and written through at once, each with its own list
+//! of freed places.
 //!
 //! A `Box` per record cost a fresh `malloc` per reserve (~200 instructions
 //! when nothing is being freed, as while a store fills) and spread the
@@ -7,12 +8,20 @@
 //! page faults in the one operation that allocates it. Chunks grow from 16
 //! to 256 records, so a small store stays small.
 //!
+//! A freed place holds the offset of its chunk's next freed place, and the
+//! slab lists the chunks that have one. That list has at most one entry
+//! per chunk, so it never grows while the shard's lock is held, and a
+//! chunk leaves it in one step: a single free list of places grew by
+//! copying (1 MB at 10 M records, and the page faults of its new memory:
+//! 6 ms under the lock) and had to be filtered place by place (~45 µs)
+//! whenever chunks were marked for evacuation.
+//!
 //! A slab also gives memory back. Once a burst of records has expired, its
-//! chunks hold a few survivors each, scattered by the free list; a slab
-//! with more than twice the places its records need marks its emptiest
-//! chunks for evacuation. The maintenance sweep then moves each survivor it
-//! visits in such a chunk to a place elsewhere ([`RecordSlab::relocate`]),
-//! and a chunk is freed the moment its last record leaves.
+//! chunks hold a few survivors each, scattered by reuse; a slab with more
+//! than twice the places its records need marks its emptiest chunks for
+//! evacuation. The maintenance sweep then moves each survivor it visits in
+//! such a chunk to a place elsewhere ([`RecordSlab::relocate`]), and a
+//! chunk is freed the moment its last record leaves.
 //!
 //! A record keeps its own key. Usual identities are inline in the key
 //! (`IdempotencyKey` allocates only beyond 62 packed bytes), so the store
@@ -24,7 +33,7 @@
 use crate::record::Record;
 
 /// Where a record is in a [`RecordSlab`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub(super) struct SlabIndex {
     chunk: u32,
     offset: u32,
@@ -41,24 +50,53 @@ pub(super) enum Relocated {
     NeedsChunk,
 }
 
-/// The sizes of a slab's lists ([`RecordSlab::room`]).
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Room {
-    pub(super) free_len: usize,
-    pub(super) free_capacity: usize,
-    pub(super) chunks: usize,
+/// One place of a chunk.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a place is a record's room: boxing it is the allocation per record chunks avoid"
+)]
+pub(super) enum Place {
+    Held(Record),
+    /// Free: `next` is the offset of the chunk's next freed place, or
+    /// [`NO_PLACE`]. Places a chunk has not handed out yet are free and
+    /// linked to nothing.
+    Free {
+        next: u32,
+    },
 }
+
+/// The end of a chunk's list of freed places.
+const NO_PLACE: u32 = u32::MAX;
+
+/// A chunk's places, as allocated and as freed.
+pub(super) type Places = Box<[Place]>;
 
 const FIRST_CHUNK: usize = 16;
 const LARGEST_CHUNK: usize = 256;
 
 struct Chunk {
     /// Empty once the chunk is freed; its index is then reused.
-    places: Box<[Option<Record>]>,
+    places: Places,
     /// Records in `places`.
     live: u32,
     /// Its records are being moved out; none of its places is handed out.
     evacuating: bool,
+    /// The first of its freed places, or [`NO_PLACE`].
+    first_free: u32,
+    /// In the slab's `with_room` list.
+    listed: bool,
+}
+
+impl Chunk {
+    fn new(places: Places) -> Self {
+        Chunk {
+            places,
+            live: 0,
+            evacuating: false,
+            first_free: NO_PLACE,
+            listed: false,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -67,8 +105,10 @@ pub(super) struct RecordSlab {
     /// The chunk handed out place by place, and how many of its places.
     /// Never evacuated.
     open: Option<(u32, usize)>,
-    /// Freed places, none of them in an evacuating or freed chunk.
-    free: Vec<SlabIndex>,
+    /// Chunks with a freed place, none of them evacuating or freed; the
+    /// last one's places are handed out first. Its capacity is kept at
+    /// least the number of chunks, so it never grows under the lock.
+    with_room: Vec<u32>,
     /// Indices of freed chunks, for the next chunk allocated.
     vacant_chunks: Vec<u32>,
     /// Places in allocated chunks, and records in them.
@@ -78,25 +118,26 @@ pub(super) struct RecordSlab {
     evacuating: usize,
     /// Freed chunks' memory, for the sweep to drop once the shard's lock
     /// is released ([`take_retired`](Self::take_retired)).
-    retired: Vec<Box<[Option<Record>]>>,
+    retired: Vec<Places>,
+}
+
+/// Free places for a new chunk.
+fn free_places(len: usize) -> Places {
+    (0..len).map(|_| Place::Free { next: NO_PLACE }).collect()
 }
 
 impl RecordSlab {
-    fn place_mut(&mut self, at: SlabIndex) -> &mut Option<Record> {
-        &mut self.chunks[at.chunk as usize].places[at.offset as usize]
-    }
-
     pub(super) fn get(&self, at: SlabIndex) -> &Record {
         match &self.chunks[at.chunk as usize].places[at.offset as usize] {
-            Some(r) => r,
-            None => unreachable!("a table entry points at a free slab place"),
+            Place::Held(r) => r,
+            Place::Free { .. } => unreachable!("a table entry points at a free slab place"),
         }
     }
 
     pub(super) fn get_mut(&mut self, at: SlabIndex) -> &mut Record {
-        match self.place_mut(at) {
-            Some(r) => r,
-            None => unreachable!("a table entry points at a free slab place"),
+        match &mut self.chunks[at.chunk as usize].places[at.offset as usize] {
+            Place::Held(r) => r,
+            Place::Free { .. } => unreachable!("a table entry points at a free slab place"),
         }
     }
 
@@ -106,14 +147,31 @@ impl RecordSlab {
     }
 
     pub(super) fn insert(&mut self, record: Record) -> SlabIndex {
-        let at = match self.free.pop() {
-            Some(at) => at,
+        let at = match self.with_room.last() {
+            Some(&chunk) => self.take_freed_place(chunk),
             None => self.next_fresh_place(),
         };
-        *self.place_mut(at) = Some(record);
-        self.chunks[at.chunk as usize].live += 1;
+        let chunk = &mut self.chunks[at.chunk as usize];
+        chunk.places[at.offset as usize] = Place::Held(record);
+        chunk.live += 1;
         self.live += 1;
         at
+    }
+
+    /// Unlinks the first freed place of `chunk` (listed in `with_room`,
+    /// last), and unlists the chunk when that was its last.
+    fn take_freed_place(&mut self, chunk: u32) -> SlabIndex {
+        let c = &mut self.chunks[chunk as usize];
+        let offset = c.first_free;
+        c.first_free = match c.places[offset as usize] {
+            Place::Free { next } => next,
+            Place::Held(_) => unreachable!("a chunk lists a taken place as free"),
+        };
+        if c.first_free == NO_PLACE {
+            c.listed = false;
+            self.with_room.pop();
+        }
+        SlabIndex { chunk, offset }
     }
 
     /// The open chunk and the places it has handed out, if it has one
@@ -139,25 +197,25 @@ impl RecordSlab {
     fn allocate_chunk(&mut self) -> u32 {
         let allocated = self.chunks.len() - self.vacant_chunks.len();
         let len = (FIRST_CHUNK << allocated.min(8)).min(LARGEST_CHUNK);
-        self.adopt_chunk((0..len).map(|_| None).collect())
+        self.adopt_chunk(free_places(len))
     }
 
     /// Takes `places` (all free) as a chunk, in a freed chunk's index if
     /// there is one.
-    fn adopt_chunk(&mut self, places: Box<[Option<Record>]>) -> u32 {
-        let chunk = Chunk {
-            places,
-            live: 0,
-            evacuating: false,
-        };
+    fn adopt_chunk(&mut self, places: Places) -> u32 {
+        debug_assert!(places
+            .iter()
+            .all(|p| matches!(p, Place::Free { next: NO_PLACE })));
+        let chunk = Chunk::new(places);
         self.places += chunk.places.len();
-        // Room to retire and list every chunk without growing either list
+        // Room to list, retire and free every chunk without growing a list
         // under the sweep's lock (capacities, not counted from their use).
         let chunks = self.chunks.len() + 1;
+        for list in [&mut self.with_room, &mut self.vacant_chunks] {
+            list.reserve(chunks.saturating_sub(list.len()));
+        }
         self.retired
             .reserve(chunks.saturating_sub(self.retired.len()));
-        self.vacant_chunks
-            .reserve(chunks.saturating_sub(self.vacant_chunks.len()));
         match self.vacant_chunks.pop() {
             Some(i) => {
                 self.chunks[i as usize] = chunk;
@@ -173,15 +231,26 @@ impl RecordSlab {
     /// Takes the record at `at` out, freeing its place (or its chunk, when
     /// it was the last record of an evacuating one).
     pub(super) fn remove(&mut self, at: SlabIndex) -> Option<Record> {
-        let Some(record) = self.place_mut(at).take() else {
+        let chunk = &mut self.chunks[at.chunk as usize];
+        let place = &mut chunk.places[at.offset as usize];
+        if matches!(place, Place::Free { .. }) {
             debug_assert!(false, "a table entry points at a free slab place");
             return None;
+        }
+        let freed = Place::Free {
+            next: chunk.first_free,
         };
-        let chunk = &mut self.chunks[at.chunk as usize];
+        let Place::Held(record) = std::mem::replace(place, freed) else {
+            unreachable!("the place was checked to be taken")
+        };
+        chunk.first_free = at.offset;
         chunk.live -= 1;
         self.live -= 1;
         if !chunk.evacuating {
-            self.free.push(at);
+            if !chunk.listed {
+                chunk.listed = true;
+                self.with_room.push(at.chunk);
+            }
         } else if chunk.live == 0 {
             self.evacuating -= 1;
             self.free_chunk(at.chunk);
@@ -189,21 +258,13 @@ impl RecordSlab {
         Some(record)
     }
 
-    /// Gives an empty chunk's memory back; its index waits for reuse. No
-    /// free-list entry may point into it.
+    /// Gives an empty, unlisted chunk's memory back; its index waits for
+    /// reuse.
     fn free_chunk(&mut self, i: u32) {
         let chunk = &mut self.chunks[i as usize];
-        debug_assert_eq!(chunk.live, 0);
+        debug_assert!(chunk.live == 0 && !chunk.listed);
         self.places -= chunk.places.len();
-        let places = std::mem::replace(
-            chunk,
-            Chunk {
-                places: Box::new([]),
-                live: 0,
-                evacuating: false,
-            },
-        )
-        .places;
+        let places = std::mem::replace(chunk, Chunk::new(Box::new([]))).places;
         self.retired.push(places);
         self.vacant_chunks.push(i);
     }
@@ -214,22 +275,18 @@ impl RecordSlab {
     }
 
     /// Moves the record at `at` to another place if its chunk is being
-    /// evacuated. A move takes a free place, the open chunk's next one or
+    /// evacuated. A move takes a freed place, the open chunk's next one or
     /// else `spare` as a new chunk; it allocates no chunk itself (only the
     /// list of chunks may grow, rarely, when it takes the spare), since it
     /// runs under the shard's lock, where `malloc` can stall: right after a
     /// burst's responses were freed glibc sorts up to 10,000 freed blocks
     /// per call (a sweep step at 10 M records held the lock 4–36 ms for
     /// that).
-    pub(super) fn relocate(
-        &mut self,
-        at: SlabIndex,
-        spare: &mut Option<Box<[Option<Record>]>>,
-    ) -> Relocated {
+    pub(super) fn relocate(&mut self, at: SlabIndex, spare: &mut Option<Places>) -> Relocated {
         if !self.chunks[at.chunk as usize].evacuating {
             return Relocated::Stays;
         }
-        if self.free.is_empty() && self.open_with_room().is_none() {
+        if self.with_room.is_empty() && self.open_with_room().is_none() {
             let Some(places) = spare.take() else {
                 return Relocated::NeedsChunk;
             };
@@ -244,8 +301,8 @@ impl RecordSlab {
 
     /// Places for a chunk that moves take when no place is ready, made
     /// before the lock is taken.
-    pub(super) fn spare_chunk() -> Box<[Option<Record>]> {
-        (0..LARGEST_CHUNK).map(|_| None).collect()
+    pub(super) fn spare_chunk() -> Places {
+        free_places(LARGEST_CHUNK)
     }
 
     /// True while freed chunks wait in [`take_retired`](Self::take_retired).
@@ -254,11 +311,11 @@ impl RecordSlab {
     }
 
     /// Moves the freed chunks' memory into `into`; returns its bytes.
-    pub(super) fn take_retired(&mut self, into: &mut Vec<Box<[Option<Record>]>>) -> usize {
+    pub(super) fn take_retired(&mut self, into: &mut Vec<Places>) -> usize {
         let bytes = self
             .retired
             .iter()
-            .map(|c| std::mem::size_of_val::<[Option<Record>]>(c))
+            .map(|c| std::mem::size_of_val::<[Place]>(c))
             .sum();
         into.append(&mut self.retired);
         bytes
@@ -276,8 +333,8 @@ impl RecordSlab {
     /// it misses keep their chunk marked for the next sweep.
     ///
     /// `candidates` is scratch space: with capacity for one entry per chunk
-    /// ([`Room::chunks`]), made before the lock was taken, the plan
-    /// allocates nothing.
+    /// ([`chunk_slots`](Self::chunk_slots)), made before the lock was
+    /// taken, the plan allocates nothing.
     pub(super) fn plan_evacuation(&mut self, candidates: &mut Vec<(u32, u32)>) {
         if !self.is_sparse() {
             return;
@@ -308,13 +365,17 @@ impl RecordSlab {
                 break;
             }
             kept -= chunk.places.len();
-            // Empty ones are marked only until the free list is purged.
+            // Empty ones are marked only until they are unlisted below.
             chunk.evacuating = true;
             self.evacuating += usize::from(live > 0);
         }
-        // No free place may stay listed in a chunk that leaves.
-        let chunks = &self.chunks;
-        self.free.retain(|at| !chunks[at.chunk as usize].evacuating);
+        // No chunk that leaves may hand out a place.
+        let chunks = &mut self.chunks;
+        self.with_room.retain(|&i| {
+            let chunk = &mut chunks[i as usize];
+            chunk.listed = !chunk.evacuating;
+            chunk.listed
+        });
         for &(live, i) in candidates.iter() {
             if live == 0 && self.chunks[i as usize].evacuating {
                 self.free_chunk(i);
@@ -322,31 +383,10 @@ impl RecordSlab {
         }
     }
 
-    /// What the slab's lists hold and can hold, for the sweep to make the
-    /// memory a step may need before it takes the lock.
-    pub(super) fn room(&self) -> Room {
-        Room {
-            free_len: self.free.len(),
-            free_capacity: self.free.capacity(),
-            chunks: self.chunks.len(),
-        }
-    }
-
-    /// Takes `spare` as the free list (copying the list into it) if it
-    /// can hold every listed place and `want(listed, capacity,
-    /// spare capacity)` holds; the old list is left in `spare`, to be
-    /// freed after the lock is released.
-    pub(super) fn replace_free_list(
-        &mut self,
-        spare: &mut Vec<SlabIndex>,
-        want: impl FnOnce(usize, usize, usize) -> bool,
-    ) {
-        let (len, capacity) = (self.free.len(), self.free.capacity());
-        if spare.capacity() >= len && want(len, capacity, spare.capacity()) {
-            spare.clear();
-            spare.extend_from_slice(&self.free);
-            std::mem::swap(&mut self.free, spare);
-        }
+    /// Entries in the list of chunks, freed ones included: what the sweep
+    /// sizes its scratch space by before it takes the lock.
+    pub(super) fn chunk_slots(&self) -> usize {
+        self.chunks.len()
     }
 
     /// Places in allocated chunks.
@@ -406,7 +446,11 @@ pub(super) mod tests {
     pub(in crate::store) fn check_tallies(slab: &RecordSlab) {
         let (mut live, mut places, mut evacuating) = (0, 0, 0);
         for (i, c) in slab.chunks.iter().enumerate() {
-            let here = c.places.iter().filter(|p| p.is_some()).count();
+            let here = c
+                .places
+                .iter()
+                .filter(|p| matches!(p, Place::Held(_)))
+                .count();
             assert_eq!(here, c.live as usize, "a chunk's live count is off");
             live += here;
             places += c.places.len();
@@ -414,41 +458,51 @@ pub(super) mod tests {
             let vacant = slab.vacant_chunks.contains(&(i as u32));
             assert_eq!(vacant, c.places.is_empty(), "chunk {i}: vacant {vacant}");
             assert!(!(c.evacuating && here == 0), "an empty chunk stays marked");
-        }
-        assert_eq!(live, slab.live);
-        assert_eq!(places, slab.places);
-        assert_eq!(evacuating, slab.evacuating);
-        if let Some((open, used)) = slab.open {
-            let c = &slab.chunks[open as usize];
-            assert!(!c.evacuating && used <= c.places.len() && !c.places.is_empty());
-        }
-        let mut listed = std::collections::HashSet::new();
-        for at in &slab.free {
-            assert!(listed.insert(*at), "{at:?} is listed twice");
-            let c = &slab.chunks[at.chunk as usize];
-            assert!(!c.evacuating && !c.places.is_empty());
-            assert!(
-                c.places[at.offset as usize].is_none(),
-                "a free place is taken"
-            );
-        }
-        // Every free place of a kept chunk is listed (or not yet handed
-        // out by the open chunk).
-        for (i, c) in slab.chunks.iter().enumerate() {
-            if c.evacuating {
-                continue;
-            }
+            // Its list links exactly the places it handed out and freed.
             let handed_out = match slab.open {
                 Some((open, used)) if open as usize == i => used,
                 _ => c.places.len(),
             };
-            for (offset, place) in c.places[..handed_out].iter().enumerate() {
-                let at = SlabIndex {
-                    chunk: i as u32,
-                    offset: offset as u32,
+            let mut linked = std::collections::HashSet::new();
+            let mut next = c.first_free;
+            while next != NO_PLACE {
+                assert!((next as usize) < handed_out, "chunk {i} links {next}");
+                assert!(linked.insert(next), "chunk {i} links {next} twice");
+                next = match c.places[next as usize] {
+                    Place::Free { next } => next,
+                    Place::Held(_) => panic!("chunk {i} links its taken place {next}"),
                 };
-                assert_eq!(place.is_none(), listed.contains(&at), "{at:?}");
             }
+            let freed = c.places[..handed_out]
+                .iter()
+                .filter(|p| matches!(p, Place::Free { .. }))
+                .count();
+            assert_eq!(
+                linked.len(),
+                freed,
+                "chunk {i}: a freed place is not linked"
+            );
+            let listed = slab.with_room.iter().filter(|&&l| l as usize == i).count();
+            assert_eq!(
+                listed,
+                usize::from(c.listed),
+                "chunk {i} listed {listed} times"
+            );
+            assert_eq!(
+                c.listed,
+                !c.evacuating && freed > 0,
+                "chunk {i}: listed {}, evacuating {}, {freed} freed",
+                c.listed,
+                c.evacuating
+            );
+        }
+        assert_eq!(live, slab.live);
+        assert_eq!(places, slab.places);
+        assert_eq!(evacuating, slab.evacuating);
+        assert!(slab.with_room.capacity() >= slab.chunks.len());
+        if let Some((open, used)) = slab.open {
+            let c = &slab.chunks[open as usize];
+            assert!(!c.evacuating && used <= c.places.len() && !c.places.is_empty());
         }
     }
 
@@ -536,7 +590,7 @@ pub(super) mod tests {
         check_tallies(&slab);
         assert!(moved > 150, "{moved} of 200 survivors moved");
         assert!(!slab.is_evacuating(), "every marked chunk was emptied");
-        let record_size = std::mem::size_of::<Option<Record>>();
+        let record_size = std::mem::size_of::<Place>();
         let mut retired = Vec::new();
         assert_eq!(
             slab.take_retired(&mut retired),
@@ -624,7 +678,7 @@ pub(super) mod tests {
         assert!(slab.is_evacuating());
         // Writes take every free place and fill the open chunk.
         let mut n = 100_000;
-        while !slab.free.is_empty() || slab.open_with_room().is_some() {
+        while !slab.with_room.is_empty() || slab.open_with_room().is_some() {
             slab.insert(record(n));
             n += 1;
         }
@@ -634,7 +688,11 @@ pub(super) mod tests {
             .enumerate()
             .find(|(_, c)| c.evacuating && c.live > 0)
             .map(|(i, c)| {
-                let offset = c.places.iter().position(Option::is_some).unwrap();
+                let offset = c
+                    .places
+                    .iter()
+                    .position(|p| matches!(p, Place::Held(_)))
+                    .unwrap();
                 SlabIndex {
                     chunk: i as u32,
                     offset: offset as u32,
@@ -653,6 +711,43 @@ pub(super) mod tests {
         assert!(spare.is_none());
         assert_eq!(token(&slab, to), token_before);
         check_tallies(&slab);
+    }
+
+    /// Freed places go back to their own chunk's list; the slab hands out
+    /// the last listed chunk's places first, newest first, and unlists a
+    /// chunk once its list is empty.
+    #[test]
+    fn freed_places_are_handed_out_chunk_by_chunk() {
+        let mut slab = RecordSlab::default();
+        // Two full chunks: 16 places, then 32.
+        let at: Vec<SlabIndex> = (0..48).map(|i| slab.insert(record(i))).collect();
+        assert_eq!((at[15].chunk, at[16].chunk, at[47].chunk), (0, 1, 1));
+        for i in [1, 5, 9, 20, 30] {
+            slab.remove(at[i]).unwrap();
+        }
+        check_tallies(&slab);
+        assert_eq!(slab.with_room, [0, 1]);
+        let mut handed_out = Vec::new();
+        for i in 0..6 {
+            handed_out.push(slab.insert(record(100 + i)));
+            check_tallies(&slab);
+        }
+        let expected: Vec<SlabIndex> = [30, 20, 9, 5, 1].iter().map(|&i| at[i]).collect();
+        assert_eq!(handed_out[..5], expected[..]);
+        assert_eq!(handed_out[5].chunk, 2, "then a new chunk");
+        assert!(slab.with_room.is_empty());
+        for (i, a) in handed_out.iter().enumerate() {
+            assert_eq!(token(&slab, *a), 100 + i as u64 + 1);
+        }
+    }
+
+    /// The link of a freed place fits beside the record's own niche.
+    #[test]
+    fn a_place_is_no_larger_than_an_optional_record() {
+        assert_eq!(
+            std::mem::size_of::<Place>(),
+            std::mem::size_of::<Option<Record>>()
+        );
     }
 
     #[test]
