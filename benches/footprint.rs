@@ -17,7 +17,14 @@
 //! records are always coming due: how long a request can wait behind the
 //! expiry sweep.
 //!
-//! After the load rows it measures the durable store's disk in steady state
+//! Then, for each store, a burst (`--no-burst` skips it): a fresh store is
+//! loaded with the same number of records, of which one in
+//! [`BURST_SURVIVOR_EVERY`] outlives the rest, and one thread looks up the
+//! survivors while another runs the pass that expires the rest and the pass
+//! after it (which gives the burst's memory back): the latency a request
+//! sees while a store takes a burst's expiry.
+//!
+//! After those it measures the durable store's disk in steady state
 //! under TTL churn (`--no-steady` skips it): the same number of records stays
 //! live while old ones expire and maintenance gives their space back, which
 //! is what a long-running server's data directory looks like.
@@ -29,7 +36,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use idemlog::{Clock, Config, Durability, Fingerprint, ManualClock, Outcome, Store, Timestamp};
+use idemlog::{
+    Clock, Config, Durability, Fingerprint, ManualClock, Outcome, ReserveOptions, Store, Timestamp,
+};
 
 use common::{key_str, KeyGen, SCOPE};
 
@@ -91,6 +100,10 @@ struct Options {
     steady: bool,
     /// Set in the child process that measures the steady state.
     steady_child: bool,
+    /// `--no-burst`: skip the burst measurement.
+    burst: bool,
+    /// Set in the child process that measures one subject's burst.
+    burst_subject: Option<usize>,
 }
 
 fn options() -> Options {
@@ -115,6 +128,8 @@ fn options() -> Options {
             .cloned(),
         steady: !args.iter().any(|a| a == "--no-steady"),
         steady_child: args.iter().any(|a| a == "--steady-child"),
+        burst: !args.iter().any(|a| a == "--no-burst"),
+        burst_subject: flag("--burst-subject"),
     }
 }
 
@@ -401,6 +416,158 @@ fn append_line(jsonl_path: &Path, line: &serde_json::Value) {
     }
 }
 
+/// In the burst probe, one loaded record in this many outlives the rest.
+const BURST_SURVIVOR_EVERY: usize = 25;
+
+/// The TTL of the burst probe's other records.
+const BURST_TTL: Duration = Duration::from_secs(60);
+
+/// A burst's expiry, measured on a fresh store ([`measure_burst`]).
+struct Burst {
+    /// The pass that expires the burst, and the pass after it.
+    pass_secs: [f64; 2],
+    expired: u64,
+    /// Records the passes moved, and bytes they gave back per loaded
+    /// record (`None` for the durable store, which does not count them).
+    moved: u64,
+    released_bytes_per_record: Option<f64>,
+    /// Lookups of the survivors meanwhile: p99, p99.9 and the longest, µs.
+    lookups_us: [f64; 3],
+    lookups: usize,
+}
+
+/// Loads `opts.records` records, one in [`BURST_SURVIVOR_EVERY`] with
+/// [`LOAD_TTL`] and the rest with [`BURST_TTL`], moves the clock past the
+/// shorter TTL, and looks the survivors up on this thread while another
+/// runs two maintenance passes.
+fn measure_burst(subject: &Subject, opts: &Options) -> Result<Burst, String> {
+    let dir = common::scratch_dir("footprint-burst-").map_err(|e| e.to_string())?;
+    let fp = Fingerprint::of_bytes(br#"{"amount":1200,"currency":"eur"}"#);
+    let response: Vec<u8> = (0..opts.response_bytes).map(|i| i as u8).collect();
+    let clock = ManualClock::new(Timestamp::from_millis(1_000_000_000));
+    let store = (subject.open)(dir.path(), &clock).map_err(|e| e.to_string())?;
+    let mut gen = KeyGen::new(0xB0057);
+    let mut survivors = Vec::with_capacity(opts.records / BURST_SURVIVOR_EVERY + 1);
+    for i in 0..opts.records {
+        let key = store
+            .key(SCOPE, key_str(&gen.next_key()))
+            .map_err(|e| e.to_string())?;
+        let survives = i % BURST_SURVIVOR_EVERY == 0;
+        let ttl = if survives { LOAD_TTL } else { BURST_TTL };
+        match store
+            .reserve_with(&key, &fp, ReserveOptions::default().ttl(ttl))
+            .map_err(|e| e.to_string())?
+        {
+            Outcome::Acquired(r) => r.complete(response.clone()).map_err(|e| e.to_string())?,
+            other => return Err(format!("a fresh key was not acquired: {other:?}")),
+        }
+        if survives {
+            survivors.push(key);
+        }
+    }
+    store.flush().map_err(|e| e.to_string())?;
+    clock.advance(2 * BURST_TTL);
+    let done = AtomicBool::new(false);
+    let mut nanos: Vec<u64> = Vec::with_capacity(4 << 20);
+    let passes = std::thread::scope(|s| {
+        let sweeper = s.spawn(|| {
+            let passes: Result<Vec<_>, String> = (0..2)
+                .map(|_| {
+                    let started = Instant::now();
+                    let report = store.run_maintenance().map_err(|e| e.to_string())?;
+                    Ok((started.elapsed().as_secs_f64(), report))
+                })
+                .collect();
+            done.store(true, Ordering::Relaxed);
+            passes
+        });
+        let probed = (|| {
+            for key in survivors.iter().cycle() {
+                let t = Instant::now();
+                let found = store.lookup(key).map_err(|e| e.to_string())?;
+                nanos.push(t.elapsed().as_nanos() as u64);
+                if found.is_none() {
+                    return Err(format!("surviving key {key:?} not found"));
+                }
+                if nanos.len().is_multiple_of(256) && done.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        // Stops the sweeper's passes being timed against a failed probe.
+        let passes = sweeper
+            .join()
+            .map_err(|_| "the maintenance thread panicked".to_string())?;
+        probed.and(passes)
+    })?;
+    let live = store.stats().live_records;
+    if live != survivors.len() as u64 {
+        return Err(format!(
+            "{live} live records after the burst, {} survivors",
+            survivors.len()
+        ));
+    }
+    nanos.sort_unstable();
+    let at = |q: f64| nanos[((nanos.len() - 1) as f64 * q) as usize] as f64 / 1e3;
+    let released: u64 = passes.iter().map(|(_, r)| r.memory_released).sum();
+    Ok(Burst {
+        pass_secs: [passes[0].0, passes[1].0],
+        expired: passes.iter().map(|(_, r)| r.expired).sum(),
+        moved: passes.iter().map(|(_, r)| r.records_moved).sum(),
+        released_bytes_per_record: subject
+            .reopen
+            .is_none()
+            .then(|| released as f64 / opts.records as f64),
+        lookups_us: [at(0.99), at(0.999), at(1.0)],
+        lookups: nanos.len(),
+    })
+}
+
+/// Measures one subject's burst in this process and prints its row.
+fn burst_one(i: usize, opts: &Options, jsonl_path: &Path) {
+    let Some(subject) = subjects().into_iter().nth(i) else {
+        eprintln!("no subject {i}");
+        std::process::exit(2);
+    };
+    match measure_burst(&subject, opts) {
+        Ok(b) => {
+            println!(
+                "{:<24} {:>24} {:>12} {:>10} {:>14} {:>28} {:>10}",
+                subject.name,
+                format!("{:.1} / {:.1}", b.pass_secs[0] * 1e3, b.pass_secs[1] * 1e3),
+                common::thousands(b.expired as f64),
+                common::thousands(b.moved as f64),
+                b.released_bytes_per_record
+                    .map_or("-".into(), |r| format!("{r:.0}")),
+                format!(
+                    "{:.1} / {:.1} / {:.1}",
+                    b.lookups_us[0], b.lookups_us[1], b.lookups_us[2]
+                ),
+                common::thousands(b.lookups as f64),
+            );
+            let line = serde_json::json!({
+                "system": subject.name,
+                "probe": "burst",
+                "records": opts.records,
+                "survivor_every": BURST_SURVIVOR_EVERY,
+                "response_bytes": opts.response_bytes,
+                "expiring_pass_s": b.pass_secs[0],
+                "next_pass_s": b.pass_secs[1],
+                "expired": b.expired,
+                "records_moved": b.moved,
+                "released_bytes_per_record": b.released_bytes_per_record.map(f64::round),
+                "lookup_p99_us": b.lookups_us[0],
+                "lookup_p999_us": b.lookups_us[1],
+                "lookup_max_us": b.lookups_us[2],
+                "lookups": b.lookups,
+            });
+            append_line(jsonl_path, &line);
+        }
+        Err(e) => println!("{:<24} failed: {e}", subject.name),
+    }
+}
+
 /// Disk use of the durable store once TTL churn has reached steady state.
 struct Steady {
     /// Live records at the samples (about `records`).
@@ -585,6 +752,10 @@ fn main() {
         steady_one(&opts, &jsonl_path);
         return;
     }
+    if let Some(i) = opts.burst_subject {
+        burst_one(i, &opts, &jsonl_path);
+        return;
+    }
     println!(
         "footprint: {} completed records, {} B responses, 32 B keys; machine: {}; files on {}",
         common::thousands(opts.records as f64),
@@ -607,21 +778,51 @@ fn main() {
     );
     let _ = std::fs::File::create(&jsonl_path);
     let exe = std::env::current_exe().expect("the bench knows its own path");
-    for (i, subject) in subjects().iter().enumerate() {
-        if opts
-            .only
-            .as_ref()
-            .is_some_and(|only| !subject.name.contains(only.as_str()))
-        {
-            continue;
-        }
+    let chosen: Vec<usize> = subjects()
+        .iter()
+        .enumerate()
+        .filter(|(_, subject)| {
+            opts.only
+                .as_ref()
+                .is_none_or(|only| subject.name.contains(only.as_str()))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    // Each in a process of its own (see `measure_one`).
+    let child = |what: &str, arg: &[&str]| {
         let status = std::process::Command::new(&exe)
             .args(["--records", &opts.records.to_string()])
             .args(["--response-bytes", &opts.response_bytes.to_string()])
-            .args(["--subject", &i.to_string()])
+            .args(arg)
             .status();
         if !status.as_ref().is_ok_and(|s| s.success()) {
-            println!("subject {i}: child process failed ({status:?})");
+            println!("{what}: child process failed ({status:?})");
+        }
+    };
+    for &i in &chosen {
+        child(&format!("subject {i}"), &["--subject", &i.to_string()]);
+    }
+    if opts.burst && !chosen.is_empty() {
+        println!(
+            "\nburst: {} records, 1 in {BURST_SURVIVOR_EVERY} with a TTL of {} s and the rest {} s, \
+             on a fresh store; the clock moves past the shorter TTL, then one thread looks up the \
+             survivors while another runs the pass that expires the rest and the next",
+            common::thousands(opts.records as f64),
+            LOAD_TTL.as_secs(),
+            BURST_TTL.as_secs(),
+        );
+        println!(
+            "{:<24} {:>24} {:>12} {:>10} {:>14} {:>28} {:>10}",
+            "store",
+            "pass ms expiring/next",
+            "expired",
+            "moved",
+            "freed B/record",
+            "lookup p99/p99.9/max µs",
+            "lookups"
+        );
+        for &i in &chosen {
+            child(&format!("burst {i}"), &["--burst-subject", &i.to_string()]);
         }
     }
     if opts.steady
@@ -630,14 +831,7 @@ fn main() {
             .as_ref()
             .is_none_or(|only| "idemlog durable".contains(only.as_str()))
     {
-        let status = std::process::Command::new(&exe)
-            .args(["--records", &opts.records.to_string()])
-            .args(["--response-bytes", &opts.response_bytes.to_string()])
-            .arg("--steady-child")
-            .status();
-        if !status.as_ref().is_ok_and(|s| s.success()) {
-            println!("steady state: child process failed ({status:?})");
-        }
+        child("steady state", &["--steady-child"]);
     }
     println!(
         "RAM B/record = growth of the measuring process's resident set (VmRSS) over the load / records; \
@@ -651,6 +845,8 @@ fn main() {
          bytes per loaded record the in-memory store's own structures gave back to the allocator (record slots, tables; \
          the responses are freed with their records), and the resident set's growth over the load still left \
          (an allocator may keep freed memory for reuse rather than return it: glibc does, until malloc_trim). \
+         burst: expired = records both passes removed, moved = records the second moved together to free chunks, \
+         freed B/record = what both gave back, as above, per loaded record; lookups = how many the probe made. \
          Framed log bytes per pair for these records: reserve {} B + complete {} B.",
         opts.response_bytes,
         EXPIRING_PASSES,
