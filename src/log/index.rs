@@ -451,13 +451,14 @@ impl Shard {
     }
 
     /// Points the entry at `old`'s place to its copy at `loc`, with its
-    /// side-table state.
+    /// side-table state. The entry as it is now moves, not `old`, which may
+    /// have been read before a change in place ([`Entry::void_lease`]).
     pub(crate) fn move_entry(&mut self, old: &Entry, loc: Loc) {
         let th = table_hash(old.hash());
         let Some(e) = self.table.find_mut(old.hash(), |x| x.same_place(old)) else {
             return;
         };
-        let new = old.moved_to(loc);
+        let new = e.moved_to(loc);
         *e = new;
         if let Some(len) = self.long_lens.remove(&old.place()) {
             self.long_lens.insert(new.place(), len);

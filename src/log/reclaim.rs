@@ -26,7 +26,7 @@ use std::time::Duration;
 use parking_lot::MutexGuard;
 
 use super::engine::LogEngine;
-use super::index::{LiveBySegment, SegmentLive, ShardSweep};
+use super::index::{Entry, LiveBySegment, SegmentLive, ShardSweep};
 use super::segment::Segment;
 use crate::clock::Timestamp;
 use crate::error::Result;
@@ -143,29 +143,203 @@ pub(super) fn maintain(engine: &LogEngine, now: Timestamp) -> Result<Maintenance
     Ok(report)
 }
 
+/// Records copied forward per hold of a shard's lock. A copy appends a
+/// frame to the log (~0.6 µs on the development VM); a whole shard's
+/// share of a burst's survivors in one hold (~600 at 1 M records) kept
+/// requests to the shard waiting 0.4–0.7 ms.
+const COPIES_PER_HOLD: usize = 32;
+
 /// Copies every live frame of `seg` to the head of the log, one shard at a
 /// time; returns the frames and bytes copied.
 fn copy_forward(engine: &LogEngine, seg: &Segment) -> Result<(u64, u64)> {
+    copy_forward_between(engine, seg, &mut || {})
+}
+
+/// [`copy_forward`], calling `between` before each hold in which it copies
+/// (when requests may change the shard: tests change it there).
+///
+/// A shard's entries in the segment are listed under its lock, their
+/// frames read without it (the segment is sealed, and only this pass
+/// deletes it), and copied [`COPIES_PER_HOLD`] at a time, each only if its
+/// entry still points at the frame read: one superseded or removed
+/// meanwhile would come back if copied.
+fn copy_forward_between(
+    engine: &LogEngine,
+    seg: &Segment,
+    between: &mut dyn FnMut(),
+) -> Result<(u64, u64)> {
     let (mut records, mut bytes) = (0, 0);
+    let mut frames = Vec::with_capacity(COPIES_PER_HOLD);
     for shard in engine.shards.iter() {
-        let mut guard = shard.lock();
-        let s = &mut *guard;
-        let head = engine.log.head_id();
-        let movers: Vec<_> = s
-            .table
-            .iter()
-            .filter(|e| e.segment(head) == seg.id)
-            .copied()
-            .collect();
-        for old in movers {
+        let movers: Vec<(Entry, u32)> = {
+            let s = shard.lock();
+            let head = engine.log.head_id();
+            s.table
+                .iter()
+                .filter(|e| e.segment(head) == seg.id)
+                .map(|e| (*e, s.frame_len(e)))
+                .collect()
+        };
+        for batch in movers.chunks(COPIES_PER_HOLD) {
             // Checked on the way, so corruption is never copied.
-            let frame = seg.read_frame(old.offset, s.frame_len(&old))?;
-            let loc = engine.log.append(&frame)?;
-            s.move_entry(&old, loc);
-            s.last_end = loc.end();
-            records += 1;
-            bytes += u64::from(loc.len);
+            frames.clear();
+            for &(old, len) in batch {
+                frames.push(seg.read_frame(old.offset, len)?);
+            }
+            between();
+            let mut guard = shard.lock();
+            let s = &mut *guard;
+            for ((old, _), frame) in batch.iter().zip(&frames) {
+                if !s.table.iter_hash(old.hash()).any(|e| e.same_place(old)) {
+                    continue;
+                }
+                let loc = engine.log.append(frame)?;
+                s.move_entry(old, loc);
+                s.last_end = loc.end();
+                records += 1;
+                bytes += u64::from(loc.len);
+            }
+            MutexGuard::unlock_fair(guard);
         }
     }
     Ok((records, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::{copy_forward_between, COPIES_PER_HOLD};
+    use crate::clock::Timestamp;
+    use crate::config::{Config, Durability};
+    use crate::decision::acquisition;
+    use crate::fingerprint::Fingerprint;
+    use crate::fs::OsFileSystem;
+    use crate::identity::IdentityHasher;
+    use crate::log::engine::LogEngine;
+    use crate::store::engine::{Change, Engine, Identity};
+    use crate::IdempotencyKey;
+
+    const HOUR: Duration = Duration::from_secs(3_600);
+
+    fn now() -> Timestamp {
+        Timestamp::from_millis(1_000_000)
+    }
+
+    /// An engine whose clock stays at [`now`] (a reopen drops records
+    /// expired by the clock).
+    fn open(dir: &Path, hasher: &IdentityHasher) -> LogEngine {
+        let config = Config::builder()
+            .clock(crate::clock::ManualClock::new(now()))
+            .durability(Durability::None)
+            .maintenance_interval(None)
+            .shards(1)
+            .segment_size(16 << 10)
+            .build();
+        LogEngine::open(dir, &config, Arc::new(OsFileSystem), hasher).unwrap()
+    }
+
+    fn key(i: usize) -> IdempotencyKey {
+        IdempotencyKey::new("t", format!("k{i}")).unwrap()
+    }
+
+    /// Reserves key `i` (taking it over if held) with fencing token
+    /// `token`.
+    fn acquire(engine: &LogEngine, hasher: &IdentityHasher, i: usize, token: u64) {
+        let key = key(i);
+        let id = Identity {
+            key: &key,
+            hash: hasher.hash(&key),
+        };
+        let fp = Fingerprint::of_bytes(b"body");
+        let wait = engine
+            .update(id, &mut |found| {
+                Change::Acquire(acquisition(found, true, &fp, now(), HOUR, HOUR, token))
+            })
+            .unwrap();
+        engine.wait(wait).unwrap();
+    }
+
+    fn remove(engine: &LogEngine, hasher: &IdentityHasher, i: usize) {
+        let key = key(i);
+        let id = Identity {
+            key: &key,
+            hash: hasher.hash(&key),
+        };
+        let wait = engine.update(id, &mut |_| Change::Remove).unwrap();
+        engine.wait(wait).unwrap();
+    }
+
+    fn token(engine: &LogEngine, hasher: &IdentityHasher, i: usize) -> Option<u64> {
+        let key = key(i);
+        let id = Identity {
+            key: &key,
+            hash: hasher.hash(&key),
+        };
+        engine.get(id).unwrap().0.map(|r| r.token)
+    }
+
+    /// Copies are made a few at a time with the lock let go in between,
+    /// and requests may remove or supersede a record whose frame was read
+    /// for copying: that frame must not be copied, or it would bring the
+    /// old version back (the later frame wins when the log is read again).
+    #[test]
+    fn a_record_changed_between_copies_is_not_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let hasher = IdentityHasher::new();
+        let engine = open(dir.path(), &hasher);
+        let n = 400;
+        for i in 0..n {
+            acquire(&engine, &hasher, i, i as u64 + 1);
+        }
+        let seg = engine.log.segments.read().values().next().cloned().unwrap();
+        let in_oldest = |engine: &LogEngine| {
+            let head = engine.log.head_id();
+            engine.shards[0]
+                .lock()
+                .table
+                .iter()
+                .filter(|e| e.segment(head) == seg.id)
+                .count()
+        };
+        let movers = in_oldest(&engine);
+        assert!(
+            movers > 2 * COPIES_PER_HOLD,
+            "{movers} records in the oldest segment"
+        );
+        // Keys 0 and 1 were written first, into the oldest segment.
+        let mut holds = 0;
+        let (copied, _) = copy_forward_between(&engine, &seg, &mut || {
+            if holds == 0 {
+                remove(&engine, &hasher, 0);
+                acquire(&engine, &hasher, 1, 10_000);
+            }
+            holds += 1;
+        })
+        .unwrap();
+        assert!(holds >= 3, "{holds} holds");
+        assert_eq!(copied as usize, movers - 2);
+        assert_eq!(
+            in_oldest(&engine),
+            0,
+            "an entry still points into the segment"
+        );
+        let check = |engine: &LogEngine| {
+            assert_eq!(
+                token(engine, &hasher, 0),
+                None,
+                "a removed record came back"
+            );
+            assert_eq!(token(engine, &hasher, 1), Some(10_000));
+            for i in 2..n {
+                assert_eq!(token(engine, &hasher, i), Some(i as u64 + 1), "key {i}");
+            }
+        };
+        check(&engine);
+        engine.flush().unwrap();
+        drop(engine);
+        check(&open(dir.path(), &hasher));
+    }
 }
