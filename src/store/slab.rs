@@ -741,6 +741,75 @@ pub(super) mod tests {
         }
     }
 
+    /// Random inserts, removals, plans and relocations, in phases that
+    /// fill the slab, empty most of it and fill it again, against a map of
+    /// where each record is: every record keeps its place (or the one it
+    /// was moved to) and its token, and the tallies and lists hold after
+    /// every phase.
+    #[test]
+    fn random_work_keeps_every_record_and_every_list_true() {
+        for seed in 1..=6u64 {
+            let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut next = move |n: usize| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                (rng % n as u64) as usize
+            };
+            let mut slab = RecordSlab::default();
+            let mut live: Vec<(SlabIndex, u64)> = Vec::new();
+            let (mut made, mut moved, mut freed) = (0usize, 0usize, 0usize);
+            for phase in 0..12 {
+                // Filling phases insert more than they remove; draining
+                // ones leave about a fifth of what was there, scattered.
+                let draining = phase % 3 == 1;
+                let (insert_in_8, ops) = if draining {
+                    (1, live.len())
+                } else {
+                    (6, 3_000)
+                };
+                for _ in 0..ops {
+                    match next(8) {
+                        k if k < insert_in_8 => {
+                            live.push((slab.insert(record(made)), made as u64 + 1));
+                            made += 1;
+                        }
+                        _ if !live.is_empty() => {
+                            let (at, t) = live.swap_remove(next(live.len()));
+                            assert_eq!(slab.remove(at).map(|r| r.token), Some(t));
+                        }
+                        _ => {}
+                    }
+                }
+                if draining || next(2) == 0 {
+                    plan(&mut slab);
+                }
+                // A sweep visits some of the records (all, in most phases).
+                let visited = if next(3) == 0 {
+                    live.len() / 2
+                } else {
+                    live.len()
+                };
+                for (at, _) in live.iter_mut().take(visited) {
+                    if let Some(to) = relocate(&mut slab, *at) {
+                        *at = to;
+                        moved += 1;
+                    }
+                }
+                check_tallies(&slab);
+                freed += slab.take_retired(&mut Vec::new());
+                for &(at, t) in &live {
+                    assert_eq!(token(&slab, at), t, "seed {seed}, phase {phase}");
+                }
+                assert_eq!(slab.live(), live.len());
+            }
+            assert!(
+                moved > 0 && freed > 0,
+                "seed {seed}: {moved} moved, {freed} B freed"
+            );
+        }
+    }
+
     /// The link of a freed place fits beside the record's own niche.
     #[test]
     fn a_place_is_no_larger_than_an_optional_record() {
