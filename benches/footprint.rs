@@ -251,7 +251,7 @@ fn lookup_latencies(
         );
     }
     nanos.sort_unstable();
-    let at = |q: f64| nanos[((nanos.len() - 1) as f64 * q) as usize] as f64 / 1e3;
+    let at = |q: f64| quantile_us(&nanos, q);
     Ok(Latencies {
         p99_us: at(0.99),
         p999_us: at(0.999),
@@ -509,7 +509,7 @@ fn measure_burst(subject: &Subject, opts: &Options) -> Result<Burst, String> {
         ));
     }
     nanos.sort_unstable();
-    let at = |q: f64| nanos[((nanos.len() - 1) as f64 * q) as usize] as f64 / 1e3;
+    let at = |q: f64| quantile_us(&nanos, q);
     let released: u64 = passes.iter().map(|(_, r)| r.memory_released).sum();
     Ok(Burst {
         pass_secs: [passes[0].0, passes[1].0],
@@ -524,12 +524,22 @@ fn measure_burst(subject: &Subject, opts: &Options) -> Result<Burst, String> {
     })
 }
 
+/// The `q` quantile of `sorted` nanoseconds, in microseconds.
+fn quantile_us(sorted: &[u64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q) as usize] as f64 / 1e3
+}
+
+/// Subject `i` of [`subjects`]; exits the (child) process if there is none.
+fn subject_at(i: usize) -> Subject {
+    subjects().into_iter().nth(i).unwrap_or_else(|| {
+        eprintln!("no subject {i}");
+        std::process::exit(2)
+    })
+}
+
 /// Measures one subject's burst in this process and prints its row.
 fn burst_one(i: usize, opts: &Options, jsonl_path: &Path) {
-    let Some(subject) = subjects().into_iter().nth(i) else {
-        eprintln!("no subject {i}");
-        std::process::exit(2);
-    };
+    let subject = subject_at(i);
     match measure_burst(&subject, opts) {
         Ok(b) => {
             println!(
@@ -682,10 +692,7 @@ fn steady_one(opts: &Options, jsonl_path: &Path) {
 /// runs in a process of its own, so memory freed by one cannot hide the
 /// growth of the next.
 fn measure_one(i: usize, opts: &Options, jsonl_path: &Path) {
-    let Some(subject) = subjects().into_iter().nth(i) else {
-        eprintln!("no subject {i}");
-        std::process::exit(2);
-    };
+    let subject = subject_at(i);
     match measure(&subject, opts) {
         Ok(f) => {
             let tail = |l: Latencies| format!("{:.1} / {:.1}", l.p99_us, l.p999_us);

@@ -245,17 +245,20 @@ mod tests {
         IdempotencyKey::new("t", format!("k{i}")).unwrap()
     }
 
+    fn id<'a>(key: &'a IdempotencyKey, hasher: &IdentityHasher) -> Identity<'a> {
+        Identity {
+            key,
+            hash: hasher.hash(key),
+        }
+    }
+
     /// Reserves key `i` (taking it over if held) with fencing token
     /// `token`.
     fn acquire(engine: &LogEngine, hasher: &IdentityHasher, i: usize, token: u64) {
         let key = key(i);
-        let id = Identity {
-            key: &key,
-            hash: hasher.hash(&key),
-        };
         let fp = Fingerprint::of_bytes(b"body");
         let wait = engine
-            .update(id, &mut |found| {
+            .update(id(&key, hasher), &mut |found| {
                 Change::Acquire(acquisition(found, true, &fp, now(), HOUR, HOUR, token))
             })
             .unwrap();
@@ -264,21 +267,15 @@ mod tests {
 
     fn remove(engine: &LogEngine, hasher: &IdentityHasher, i: usize) {
         let key = key(i);
-        let id = Identity {
-            key: &key,
-            hash: hasher.hash(&key),
-        };
-        let wait = engine.update(id, &mut |_| Change::Remove).unwrap();
+        let wait = engine
+            .update(id(&key, hasher), &mut |_| Change::Remove)
+            .unwrap();
         engine.wait(wait).unwrap();
     }
 
     fn token(engine: &LogEngine, hasher: &IdentityHasher, i: usize) -> Option<u64> {
         let key = key(i);
-        let id = Identity {
-            key: &key,
-            hash: hasher.hash(&key),
-        };
-        engine.get(id).unwrap().0.map(|r| r.token)
+        engine.get(id(&key, hasher)).unwrap().0.map(|r| r.token)
     }
 
     /// Copies are made a few at a time with the lock let go in between,

@@ -121,6 +121,11 @@ pub(super) struct RecordSlab {
     retired: Vec<Places>,
 }
 
+/// Makes `list`'s capacity at least `total`.
+fn reserve_total<T>(list: &mut Vec<T>, total: usize) {
+    list.reserve(total.saturating_sub(list.len()));
+}
+
 /// Free places for a new chunk.
 fn free_places(len: usize) -> Places {
     (0..len).map(|_| Place::Free { next: NO_PLACE }).collect()
@@ -211,11 +216,9 @@ impl RecordSlab {
         // Room to list, retire and free every chunk without growing a list
         // under the sweep's lock (capacities, not counted from their use).
         let chunks = self.chunks.len() + 1;
-        for list in [&mut self.with_room, &mut self.vacant_chunks] {
-            list.reserve(chunks.saturating_sub(list.len()));
-        }
-        self.retired
-            .reserve(chunks.saturating_sub(self.retired.len()));
+        reserve_total(&mut self.with_room, chunks);
+        reserve_total(&mut self.vacant_chunks, chunks);
+        reserve_total(&mut self.retired, chunks);
         match self.vacant_chunks.pop() {
             Some(i) => {
                 self.chunks[i as usize] = chunk;
