@@ -6,6 +6,8 @@ mod beside;
 mod durable_support;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use beside::passes_beside_writers;
@@ -422,4 +424,114 @@ fn passes_beside_writers_lose_no_live_record() {
     drop(store);
     let store = Store::open(dir.path(), config()).unwrap();
     check(&store);
+}
+
+/// Writes `n` completed pairs with 48 KiB responses, keys `{prefix}{i}`.
+fn big_pairs(store: &Store, prefix: &str, n: usize) {
+    for i in 0..n {
+        let k = format!("{prefix}{i}");
+        match store.reserve(&key(&k), &fp("body")).unwrap() {
+            Outcome::Acquired(r) => r.complete(vec![i as u8; 48 << 10]).unwrap(),
+            other => panic!("{k}: {other:?}"),
+        }
+    }
+}
+
+/// Checks that every removed file was cut to nothing after its removal
+/// was made durable, at most `step` bytes per cut, and returns how many
+/// files were removed.
+fn check_cuts(events: &[FileEvent], segment_size: u64, step: u64) -> usize {
+    let mut removed = 0;
+    for (at, event) in events.iter().enumerate() {
+        let &FileEvent::Removed { ino } = event else {
+            continue;
+        };
+        removed += 1;
+        let cut = |e: &FileEvent| match *e {
+            FileEvent::Truncated { ino: i, len } if i == ino => Some(len),
+            _ => None,
+        };
+        assert_eq!(
+            events[..at].iter().filter_map(cut).count(),
+            0,
+            "a segment was cut while it still had its name"
+        );
+        let synced = events[at..]
+            .iter()
+            .position(|e| *e == FileEvent::DirSynced)
+            .expect("the removal was never synced");
+        let first_cut = events[at..].iter().position(|e| cut(e).is_some());
+        assert!(
+            first_cut.is_some_and(|c| c > synced),
+            "a segment was not cut, or cut before its removal was durable: {:?}",
+            &events[at..]
+        );
+        let mut left = segment_size;
+        for len in events[at..].iter().filter_map(cut) {
+            assert!(len < left && left - len <= step, "cut from {left} to {len}");
+            left = len;
+        }
+        assert_eq!(left, 0, "a removed segment kept {left} bytes");
+    }
+    removed
+}
+
+/// Closing a deleted 64 MiB segment freed all its blocks in one
+/// file-system transaction, during which the log's fdatasync waited up to
+/// tens of ms; a pass cuts each deleted segment down a MiB at a time
+/// instead, once its removal is durable, and a failed cut costs nothing.
+#[test]
+fn deleted_segments_are_cut_in_steps_once_their_removal_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let fs = Arc::new(CountingFs::default());
+    // Not a whole number of steps, so the last cut is a short one.
+    let segment_size = (3 << 20) + 12_345;
+    let config = Config::builder()
+        .clock(clock.clone())
+        .durability(Durability::Sync)
+        .maintenance_interval(None)
+        .ttl(Duration::from_secs(10))
+        .segment_size(segment_size)
+        .build();
+    let open = || {
+        let fs = Arc::new(SharedFs(Arc::clone(&fs)));
+        Store::open_with_fs(dir.path(), config.clone(), fs).unwrap()
+    };
+    let store = open();
+    big_pairs(&store, "old", 200);
+    clock.advance(Duration::from_secs(20));
+    big_pairs(&store, "new", 10);
+    let (_, deleted) = maintain_fully(&store);
+    assert!(deleted >= 2, "{deleted} segments deleted");
+    let events = std::mem::take(&mut *fs.file_events.lock().unwrap());
+    assert_eq!(check_cuts(&events, segment_size, 1 << 20), deleted as usize);
+
+    // A cut that fails leaves the rest to the file's close: the segment is
+    // still deleted and the pass succeeds.
+    fs.fail_truncates.store(true, Ordering::SeqCst);
+    big_pairs(&store, "later", 200);
+    clock.advance(Duration::from_secs(20));
+    let files_before = segment_files(dir.path()).len();
+    let (_, deleted) = maintain_fully(&store);
+    assert!(deleted >= 2, "{deleted} segments deleted with cuts failing");
+    assert_eq!(
+        segment_files(dir.path()).len(),
+        files_before - deleted as usize
+    );
+    let events = fs.file_events.lock().unwrap().clone();
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, FileEvent::Truncated { .. })));
+    drop(store);
+
+    // Nothing the passes kept was lost.
+    let store = open();
+    assert!(store.lookup(&key("old0")).unwrap().is_none());
+    for i in 0..200 {
+        let r = store.lookup(&key(&format!("later{i}"))).unwrap();
+        assert!(r.is_none(), "later{i} expired but came back");
+    }
+    big_pairs(&store, "after", 1);
+    assert!(store.lookup(&key("after0")).unwrap().is_some());
 }

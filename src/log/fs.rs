@@ -6,8 +6,8 @@
 //! keep "written" and "synced" bytes apart and simulate power loss.
 //!
 //! The store needs only these operations: positional reads and writes,
-//! `fdatasync`, preallocation, a directory listing, rename, remove, a
-//! directory fsync and an exclusive lock file.
+//! `fdatasync`, preallocation, truncation, a directory listing, rename,
+//! remove, a directory fsync and an exclusive lock file.
 
 use std::any::Any;
 use std::fmt::Debug;
@@ -31,6 +31,11 @@ pub trait FileHandle: Send + Sync + Debug {
     /// zeros past the old end, so later writes below `len` need no size
     /// change to be made durable.
     fn allocate(&self, len: u64) -> io::Result<()>;
+    /// Cuts the file to `len` bytes. The store calls it only on a segment
+    /// file it has already removed from the directory, to give the file's
+    /// blocks back a step at a time rather than all at once when it is
+    /// closed.
+    fn truncate(&self, len: u64) -> io::Result<()>;
 }
 
 /// What a [`FileSystem::lock`] holds; the lock is released when it is
@@ -94,6 +99,9 @@ impl FileHandle for OsFile {
             Err(rustix::io::Errno::OPNOTSUPP) => zero_fill(&self.0, len),
             Err(e) => Err(e.into()),
         }
+    }
+    fn truncate(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
     }
 }
 

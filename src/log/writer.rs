@@ -34,7 +34,7 @@ use crossbeam_utils::CachePadded;
 use parking_lot::{Mutex, RwLock};
 
 use super::format::{self, HEADER_LEN};
-use super::fs::FileSystem;
+use super::fs::{FileHandle, FileSystem};
 use super::index::SEGMENT_SPAN;
 use super::prefill::Prefill;
 use super::segment::{pos, pos_offset, Pos, Segment};
@@ -779,7 +779,8 @@ impl Log {
 
     /// Deletes a segment file that holds nothing live; the deletion is made
     /// durable before returning so that deletions reach the disk oldest
-    /// first.
+    /// first. Then gives the file's blocks back in steps (see
+    /// [`release_in_steps`]).
     pub(crate) fn delete_segment(&self, id: u32) -> Result<u64> {
         let Some(seg) = self.segments.write().remove(&id) else {
             return Ok(0);
@@ -796,6 +797,7 @@ impl Log {
             }
         }
         self.bytes_on_disk.fetch_sub(seg.size, Ordering::Relaxed);
+        release_in_steps(&*seg.file, seg.size);
         Ok(seg.size)
     }
 
@@ -810,6 +812,32 @@ impl Log {
             self.records_synced.load(Ordering::Relaxed),
             (last != u64::MAX).then(|| Duration::from_nanos(last)),
         )
+    }
+}
+
+/// Bytes of a deleted segment given back per truncation.
+///
+/// Closing a deleted 64 MiB segment frees all its blocks in one file-system
+/// transaction: 12-18 ms on the development VM (ext4 mounted with
+/// `discard`), during which an `fdatasync` of the log waited up to 13-36 ms.
+/// Cut 1 MiB at a time, each transaction is short and a sync waits for one
+/// step at most: syncs then took 0.8 ms at the p99 and ~1 ms at the most
+/// while segments were deleted (8 MiB steps: 4.9-6.9 ms), and the deletion
+/// as a whole took about as long.
+const RELEASE_STEP: u64 = 1 << 20;
+
+/// Cuts a deleted segment's file down to nothing, [`RELEASE_STEP`] bytes at
+/// a time, before it is closed. The file has no name and its removal is
+/// durable, so nothing reads it again and a crash midway leaves nothing
+/// behind (the file system frees an unlinked file's blocks when it
+/// mounts). A failed cut is left to the close, which frees the rest.
+fn release_in_steps(file: &dyn FileHandle, declared: u64) {
+    let mut len = file.size().unwrap_or(declared);
+    while len > 0 {
+        len = len.saturating_sub(RELEASE_STEP);
+        if file.truncate(len).is_err() {
+            return;
+        }
     }
 }
 

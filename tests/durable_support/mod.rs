@@ -94,6 +94,25 @@ pub struct CountingFs {
     pub fail_frame_reads: AtomicBool,
     /// Reads failed so.
     pub failed_frame_reads: AtomicU64,
+    /// Removals and truncations (by inode number) and directory syncs, in
+    /// order.
+    pub file_events: std::sync::Mutex<Vec<FileEvent>>,
+    /// Fail truncations.
+    pub fail_truncates: AtomicBool,
+}
+
+/// A removal or a truncation of the file with this inode number, or a
+/// directory sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileEvent {
+    Removed { ino: u64 },
+    DirSynced,
+    Truncated { ino: u64, len: u64 },
+}
+
+fn inode_of(path: &Path) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(path)?.ino())
 }
 
 /// Holds fdatasync calls back until the test lets them through.
@@ -134,6 +153,7 @@ impl SyncGate {
 struct CountingFile {
     inner: Box<dyn FileHandle>,
     fs: Arc<CountingFs>,
+    ino: u64,
 }
 
 impl FileHandle for CountingFile {
@@ -167,6 +187,15 @@ impl FileHandle for CountingFile {
     fn allocate(&self, len: u64) -> io::Result<()> {
         self.inner.allocate(len)
     }
+    fn truncate(&self, len: u64) -> io::Result<()> {
+        if self.fs.fail_truncates.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected truncation failure"));
+        }
+        self.inner.truncate(len)?;
+        let event = FileEvent::Truncated { ino: self.ino, len };
+        self.fs.file_events.lock().unwrap().push(event);
+        Ok(())
+    }
 }
 
 /// Wraps `CountingFs` in an `Arc` the store can own while the test keeps
@@ -185,12 +214,14 @@ impl FileSystem for SharedFs {
         Ok(Box::new(CountingFile {
             inner: OsFileSystem.open(path)?,
             fs: Arc::clone(&self.0),
+            ino: inode_of(path)?,
         }))
     }
     fn create(&self, path: &Path) -> io::Result<Box<dyn FileHandle>> {
         Ok(Box::new(CountingFile {
             inner: OsFileSystem.create(path)?,
             fs: Arc::clone(&self.0),
+            ino: inode_of(path)?,
         }))
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
@@ -200,11 +231,21 @@ impl FileSystem for SharedFs {
         OsFileSystem.rename(from, to)
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
-        OsFileSystem.remove(path)
+        let ino = inode_of(path)?;
+        OsFileSystem.remove(path)?;
+        let event = FileEvent::Removed { ino };
+        self.0.file_events.lock().unwrap().push(event);
+        Ok(())
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.0.dir_syncs.fetch_add(1, Ordering::SeqCst);
-        OsFileSystem.sync_dir(dir)
+        OsFileSystem.sync_dir(dir)?;
+        self.0
+            .file_events
+            .lock()
+            .unwrap()
+            .push(FileEvent::DirSynced);
+        Ok(())
     }
     fn lock(&self, path: &Path) -> io::Result<LockGuard> {
         OsFileSystem.lock(path)
