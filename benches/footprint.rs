@@ -24,6 +24,11 @@
 //! after it (which gives the burst's memory back): the latency a request
 //! sees while a store takes a burst's expiry.
 //!
+//! Then (`--no-deletion` skips it) `Sync` writes beside segment deletion:
+//! the durable store, loaded and reopened with `Sync`, takes fresh `Sync`
+//! pairs from several threads, timed on a quiet store and then while one
+//! pass expires every loaded record and deletes the segments they filled.
+//!
 //! After those it measures the durable store's disk in steady state
 //! under TTL churn (`--no-steady` skips it): the same number of records stays
 //! live while old ones expire and maintenance gives their space back, which
@@ -104,6 +109,10 @@ struct Options {
     burst: bool,
     /// Set in the child process that measures one subject's burst.
     burst_subject: Option<usize>,
+    /// `--no-deletion`: skip the writes beside a pass that deletes segments.
+    deletion: bool,
+    /// Set in the child process that measures them.
+    deletion_child: bool,
 }
 
 fn options() -> Options {
@@ -130,6 +139,8 @@ fn options() -> Options {
         steady_child: args.iter().any(|a| a == "--steady-child"),
         burst: !args.iter().any(|a| a == "--no-burst"),
         burst_subject: flag("--burst-subject"),
+        deletion: !args.iter().any(|a| a == "--no-deletion"),
+        deletion_child: args.iter().any(|a| a == "--deletion-child"),
     }
 }
 
@@ -578,6 +589,182 @@ fn burst_one(i: usize, opts: &Options, jsonl_path: &Path) {
     }
 }
 
+/// Writer threads in the deletion probe: enough to keep a group commit
+/// gathering, few enough for two cores.
+const DELETION_WRITERS: usize = 8;
+
+/// How long the deletion probe's writers run before they are timed, and
+/// then on a quiet store.
+const DELETION_WARMUP: Duration = Duration::from_millis(200);
+const DELETION_QUIET: Duration = Duration::from_millis(500);
+
+/// `Sync` writes on a quiet store and beside a pass that deletes segments.
+struct Deletion {
+    segments_deleted: u64,
+    pass_secs: f64,
+    /// Pairs per second, quiet and during the pass.
+    pairs_per_s: [f64; 2],
+    /// Pair latency p99 and longest, µs, quiet and during the pass.
+    p99_us: [f64; 2],
+    max_us: [f64; 2],
+    pairs_during: usize,
+}
+
+/// Loads `opts.records` records into a durable store (with `None`, as the
+/// load rows do), reopens it with `Sync`, and has [`DELETION_WRITERS`]
+/// threads make fresh `Sync` pairs: timed on a quiet store, then while one
+/// pass expires every loaded record and deletes their segments. Deleting a
+/// segment is file-system work a sync can wait behind.
+fn measure_deletion(subject: &Subject, opts: &Options) -> Result<Deletion, String> {
+    let reopen = subject
+        .reopen
+        .ok_or("the deletion probe needs a store with files")?;
+    let dir = common::scratch_dir("footprint-deletion-").map_err(|e| e.to_string())?;
+    let fp = Fingerprint::of_bytes(br#"{"amount":1200,"currency":"eur"}"#);
+    let response: Vec<u8> = (0..opts.response_bytes).map(|i| i as u8).collect();
+    let clock = ManualClock::new(Timestamp::from_millis(1_000_000_000));
+    let pair = |store: &Store, gen: &mut KeyGen| -> Result<(), String> {
+        let key = store
+            .key(SCOPE, key_str(&gen.next_key()))
+            .map_err(|e| e.to_string())?;
+        match store.reserve(&key, &fp).map_err(|e| e.to_string())? {
+            Outcome::Acquired(r) => r.complete(response.clone()).map_err(|e| e.to_string()),
+            other => Err(format!("a fresh key was not acquired: {other:?}")),
+        }
+    };
+    {
+        let store = (subject.open)(dir.path(), &clock).map_err(|e| e.to_string())?;
+        let mut gen = KeyGen::new(0xDE1E7E);
+        for _ in 0..opts.records {
+            pair(&store, &mut gen)?;
+        }
+        store.flush().map_err(|e| e.to_string())?;
+    }
+    // On disk, as a server's old segments are by the time they expire, not
+    // still being written back.
+    for entry in std::fs::read_dir(dir.path()).map_err(|e| e.to_string())? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| format!("cannot sync {}: {e}", path.display()))?;
+    }
+    let store = reopen(dir.path(), &clock).map_err(|e| e.to_string())?;
+    clock.advance(2 * LOAD_TTL);
+    // 0: warming up, 1: quiet, 2: the pass runs, 3: after it.
+    let phase = std::sync::atomic::AtomicU8::new(0);
+    let (timed, quiet_secs, pass) = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..DELETION_WRITERS as u64)
+            .map(|w| {
+                let (store, phase, pair) = (&store, &phase, &pair);
+                s.spawn(move || -> Result<Vec<(u8, u64)>, String> {
+                    let mut gen = KeyGen::new(0x5EC0_0000 + w);
+                    let mut timed = Vec::with_capacity(1 << 16);
+                    loop {
+                        let at = phase.load(Ordering::Relaxed);
+                        if at == 3 {
+                            return Ok(timed);
+                        }
+                        let t = Instant::now();
+                        pair(store, &mut gen)?;
+                        if at > 0 {
+                            timed.push((at, t.elapsed().as_nanos() as u64));
+                        }
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(DELETION_WARMUP);
+        phase.store(1, Ordering::Relaxed);
+        let quiet = Instant::now();
+        std::thread::sleep(DELETION_QUIET);
+        let quiet_secs = quiet.elapsed().as_secs_f64();
+        phase.store(2, Ordering::Relaxed);
+        let started = Instant::now();
+        let report = store.run_maintenance();
+        let pass_secs = started.elapsed().as_secs_f64();
+        phase.store(3, Ordering::Relaxed);
+        let mut timed = Vec::new();
+        for w in writers {
+            timed.extend(w.join().map_err(|_| "a writer panicked".to_string())??);
+        }
+        let report = report.map_err(|e| e.to_string())?;
+        Ok::<_, String>((timed, quiet_secs, (pass_secs, report.segments_deleted)))
+    })?;
+    let (pass_secs, segments_deleted) = pass;
+    if segments_deleted == 0 {
+        return Err("the pass deleted no segment".into());
+    }
+    let sorted = |phase: u8| {
+        let mut v: Vec<u64> = timed
+            .iter()
+            .filter(|&&(at, _)| at == phase)
+            .map(|&(_, ns)| ns)
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let (quiet, during) = (sorted(1), sorted(2));
+    if quiet.is_empty() || during.is_empty() {
+        return Err(format!(
+            "{} quiet pairs and {} during the pass: nothing to time",
+            quiet.len(),
+            during.len()
+        ));
+    }
+    Ok(Deletion {
+        segments_deleted,
+        pass_secs,
+        pairs_per_s: [
+            quiet.len() as f64 / quiet_secs,
+            during.len() as f64 / pass_secs,
+        ],
+        p99_us: [quantile_us(&quiet, 0.99), quantile_us(&during, 0.99)],
+        max_us: [quantile_us(&quiet, 1.0), quantile_us(&during, 1.0)],
+        pairs_during: during.len(),
+    })
+}
+
+/// Measures the deletion probe in this process and prints its row.
+fn deletion_one(opts: &Options, jsonl_path: &Path) {
+    let Some(subject) = subjects().into_iter().find(|s| s.reopen.is_some()) else {
+        return;
+    };
+    match measure_deletion(&subject, opts) {
+        Ok(d) => {
+            println!(
+                "{:<24} {:>9} {:>9.1} {:>22} {:>22} {:>26}",
+                subject.name,
+                d.segments_deleted,
+                d.pass_secs * 1e3,
+                format!(
+                    "{} / {}",
+                    common::thousands(d.pairs_per_s[0]),
+                    common::thousands(d.pairs_per_s[1])
+                ),
+                format!("{:.0} / {:.0}", d.p99_us[0], d.p99_us[1]),
+                format!("{:.0} / {:.0}", d.max_us[0], d.max_us[1]),
+            );
+            let line = serde_json::json!({
+                "system": subject.name,
+                "probe": "sync writes beside segment deletion",
+                "records": opts.records,
+                "writers": DELETION_WRITERS,
+                "segments_deleted": d.segments_deleted,
+                "pass_s": d.pass_secs,
+                "quiet_pairs_per_s": d.pairs_per_s[0].round(),
+                "pass_pairs_per_s": d.pairs_per_s[1].round(),
+                "quiet_p99_us": d.p99_us[0],
+                "pass_p99_us": d.p99_us[1],
+                "quiet_max_us": d.max_us[0],
+                "pass_max_us": d.max_us[1],
+                "pairs_during_pass": d.pairs_during,
+            });
+            append_line(jsonl_path, &line);
+        }
+        Err(e) => println!("{:<24} failed: {e}", subject.name),
+    }
+}
+
 /// Disk use of the durable store once TTL churn has reached steady state.
 struct Steady {
     /// Live records at the samples (about `records`).
@@ -763,6 +950,10 @@ fn main() {
         burst_one(i, &opts, &jsonl_path);
         return;
     }
+    if opts.deletion_child {
+        deletion_one(&opts, &jsonl_path);
+        return;
+    }
     println!(
         "footprint: {} completed records, {} B responses, 32 B keys; machine: {}; files on {}",
         common::thousands(opts.records as f64),
@@ -832,12 +1023,30 @@ fn main() {
             child(&format!("burst {i}"), &["--burst-subject", &i.to_string()]);
         }
     }
-    if opts.steady
-        && opts
-            .only
-            .as_ref()
-            .is_none_or(|only| "idemlog durable".contains(only.as_str()))
-    {
+    let durable_chosen = opts
+        .only
+        .as_ref()
+        .is_none_or(|only| "idemlog durable".contains(only.as_str()));
+    if opts.deletion && durable_chosen {
+        println!(
+            "\nsync writes beside segment deletion: {} records loaded, the store reopened with Sync; \
+             {DELETION_WRITERS} threads make fresh Sync pairs, timed for {:.1} s on a quiet store, \
+             then while one pass expires every loaded record and deletes their segments",
+            common::thousands(opts.records as f64),
+            DELETION_QUIET.as_secs_f64(),
+        );
+        println!(
+            "{:<24} {:>9} {:>9} {:>22} {:>22} {:>26}",
+            "store",
+            "deleted",
+            "pass ms",
+            "pairs/s quiet / pass",
+            "p99 µs quiet / pass",
+            "max µs quiet / pass"
+        );
+        child("deletion", &["--deletion-child"]);
+    }
+    if opts.steady && durable_chosen {
         child("steady state", &["--steady-child"]);
     }
     println!(

@@ -478,7 +478,7 @@ fn check_cuts(events: &[FileEvent], segment_size: u64, step: u64) -> usize {
 
 /// Closing a deleted 64 MiB segment freed all its blocks in one
 /// file-system transaction, during which the log's fdatasync waited up to
-/// tens of ms; a pass cuts each deleted segment down a MiB at a time
+/// tens of ms; a pass cuts each deleted segment down 256 KiB at a time
 /// instead, once its removal is durable, and a failed cut costs nothing.
 #[test]
 fn deleted_segments_are_cut_in_steps_once_their_removal_is_durable() {
@@ -505,7 +505,10 @@ fn deleted_segments_are_cut_in_steps_once_their_removal_is_durable() {
     let (_, deleted) = maintain_fully(&store);
     assert!(deleted >= 2, "{deleted} segments deleted");
     let events = std::mem::take(&mut *fs.file_events.lock().unwrap());
-    assert_eq!(check_cuts(&events, segment_size, 1 << 20), deleted as usize);
+    assert_eq!(
+        check_cuts(&events, segment_size, 256 << 10),
+        deleted as usize
+    );
 
     // A cut that fails leaves the rest to the file's close: the segment is
     // still deleted and the pass succeeds.

@@ -820,11 +820,15 @@ impl Log {
 /// Closing a deleted 64 MiB segment frees all its blocks in one file-system
 /// transaction: 12-18 ms on the development VM (ext4 mounted with
 /// `discard`), during which an `fdatasync` of the log waited up to 13-36 ms.
-/// Cut 1 MiB at a time, each transaction is short and a sync waits for one
-/// step at most: syncs then took 0.8 ms at the p99 and ~1 ms at the most
-/// while segments were deleted (8 MiB steps: 4.9-6.9 ms), and the deletion
-/// as a whole took about as long.
-const RELEASE_STEP: u64 = 1 << 20;
+/// Cut in steps, each transaction is short and a sync waits for one step
+/// at most. `footprint`'s deletion probe (8 threads making `Sync` pairs
+/// beside a pass that deletes eight segments): whole, the writers made
+/// 2.1-2.6 k pairs/s during the pass with a p99 of 16-27 ms; 4 MiB steps
+/// 4.4-5.1 k; 1 MiB 6.6-7.6 k, p99 2.6-4.2 ms; 256 KiB 9.5-11.7 k, p99
+/// 1.5-4.4 ms; 128 KiB 10-16 k, with the pass 1.5 times as long again
+/// (19-22 k pairs/s quiet). The pass takes longer as the steps shrink: it
+/// runs in the background, and the requests are what wait.
+const RELEASE_STEP: u64 = 1 << 18;
 
 /// Cuts a deleted segment's file down to nothing, [`RELEASE_STEP`] bytes at
 /// a time, before it is closed. The file has no name and its removal is
