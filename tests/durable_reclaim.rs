@@ -538,3 +538,38 @@ fn deleted_segments_are_cut_in_steps_once_their_removal_is_durable() {
     big_pairs(&store, "after", 1);
     assert!(store.lookup(&key("after0")).unwrap().is_some());
 }
+
+/// With `None` a removal is never synced: a power cut could bring back the
+/// name of a file cut short, which recovery would refuse as damaged. So
+/// such a store closes deleted segments whole.
+#[test]
+fn a_store_that_never_syncs_does_not_cut_deleted_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let fs = Arc::new(CountingFs::default());
+    let config = Config::builder()
+        .clock(clock.clone())
+        .durability(Durability::None)
+        .maintenance_interval(None)
+        .ttl(Duration::from_secs(10))
+        .segment_size(1 << 20)
+        .build();
+    let store =
+        Store::open_with_fs(dir.path(), config, Arc::new(SharedFs(Arc::clone(&fs)))).unwrap();
+    big_pairs(&store, "old", 100);
+    clock.advance(Duration::from_secs(20));
+    let (_, deleted) = maintain_fully(&store);
+    assert!(deleted >= 2, "{deleted} segments deleted");
+    let events = fs.file_events.lock().unwrap().clone();
+    let removed = events
+        .iter()
+        .filter(|e| matches!(e, FileEvent::Removed { .. }))
+        .count();
+    assert_eq!(removed, deleted as usize);
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, FileEvent::Truncated { .. }) || *e == FileEvent::DirSynced),
+        "{events:?}"
+    );
+}

@@ -780,7 +780,9 @@ impl Log {
     /// Deletes a segment file that holds nothing live; the deletion is made
     /// durable before returning so that deletions reach the disk oldest
     /// first. Then gives the file's blocks back in steps (see
-    /// [`release_in_steps`]).
+    /// [`release_in_steps`]), unless the durability is `None`: there the
+    /// removal is never synced, and a power cut could bring the name back
+    /// on a file cut short, which recovery would refuse as damaged.
     pub(crate) fn delete_segment(&self, id: u32) -> Result<u64> {
         let Some(seg) = self.segments.write().remove(&id) else {
             return Ok(0);
@@ -797,7 +799,9 @@ impl Log {
             }
         }
         self.bytes_on_disk.fetch_sub(seg.size, Ordering::Relaxed);
-        release_in_steps(&*seg.file, seg.size);
+        if self.syncs_enabled() {
+            release_in_steps(&*seg.file, seg.size);
+        }
         Ok(seg.size)
     }
 
