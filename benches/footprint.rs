@@ -601,6 +601,8 @@ const DELETION_QUIET: Duration = Duration::from_millis(500);
 /// `Sync` writes on a quiet store and beside a pass that deletes segments.
 struct Deletion {
     segments_deleted: u64,
+    /// Of those, freed whole on close rather than cut down in steps.
+    segments_freed_whole: u64,
     pass_secs: f64,
     /// Pairs per second, quiet and during the pass.
     pairs_per_s: [f64; 2],
@@ -688,10 +690,10 @@ fn measure_deletion(subject: &Subject, opts: &Options) -> Result<Deletion, Strin
             timed.extend(w.join().map_err(|_| "a writer panicked".to_string())??);
         }
         let report = report.map_err(|e| e.to_string())?;
-        Ok::<_, String>((timed, quiet_secs, (pass_secs, report.segments_deleted)))
+        Ok::<_, String>((timed, quiet_secs, (pass_secs, report)))
     })?;
-    let (pass_secs, segments_deleted) = pass;
-    if segments_deleted == 0 {
+    let (pass_secs, report) = pass;
+    if report.segments_deleted == 0 {
         return Err("the pass deleted no segment".into());
     }
     let sorted = |phase: u8| {
@@ -712,7 +714,8 @@ fn measure_deletion(subject: &Subject, opts: &Options) -> Result<Deletion, Strin
         ));
     }
     Ok(Deletion {
-        segments_deleted,
+        segments_deleted: report.segments_deleted,
+        segments_freed_whole: report.segments_freed_whole,
         pass_secs,
         pairs_per_s: [
             quiet.len() as f64 / quiet_secs,
@@ -750,6 +753,7 @@ fn deletion_one(opts: &Options, jsonl_path: &Path) {
                 "records": opts.records,
                 "writers": DELETION_WRITERS,
                 "segments_deleted": d.segments_deleted,
+                "segments_freed_whole": d.segments_freed_whole,
                 "pass_s": d.pass_secs,
                 "quiet_pairs_per_s": d.pairs_per_s[0].round(),
                 "pass_pairs_per_s": d.pairs_per_s[1].round(),

@@ -426,6 +426,20 @@ fn passes_beside_writers_lose_no_live_record() {
     check(&store);
 }
 
+/// Runs maintenance until a pass has no more work; returns the segments
+/// deleted and how many of them were freed whole.
+fn maintain_deleting(store: &Store) -> (u64, u64) {
+    let (mut deleted, mut whole) = (0, 0);
+    loop {
+        let report = store.run_maintenance().unwrap();
+        deleted += report.segments_deleted;
+        whole += report.segments_freed_whole;
+        if !report.more_work {
+            return (deleted, whole);
+        }
+    }
+}
+
 /// Writes `n` completed pairs with 48 KiB responses, keys `{prefix}{i}`.
 fn big_pairs(store: &Store, prefix: &str, n: usize) {
     for i in 0..n {
@@ -443,12 +457,12 @@ fn big_pairs(store: &Store, prefix: &str, n: usize) {
 fn check_cuts(events: &[FileEvent], segment_size: u64, step: u64) -> usize {
     let mut removed = 0;
     for (at, event) in events.iter().enumerate() {
-        let &FileEvent::Removed { ino } = event else {
+        let &FileEvent::Removed { file } = event else {
             continue;
         };
         removed += 1;
         let cut = |e: &FileEvent| match *e {
-            FileEvent::Truncated { ino: i, len } if i == ino => Some(len),
+            FileEvent::Truncated { file: f, len } if f == file => Some(len),
             _ => None,
         };
         assert_eq!(
@@ -502,8 +516,9 @@ fn deleted_segments_are_cut_in_steps_once_their_removal_is_durable() {
     big_pairs(&store, "old", 200);
     clock.advance(Duration::from_secs(20));
     big_pairs(&store, "new", 10);
-    let (_, deleted) = maintain_fully(&store);
+    let (deleted, whole) = maintain_deleting(&store);
     assert!(deleted >= 2, "{deleted} segments deleted");
+    assert_eq!(whole, 0, "segments freed whole though every cut succeeded");
     let events = std::mem::take(&mut *fs.file_events.lock().unwrap());
     assert_eq!(
         check_cuts(&events, segment_size, 256 << 10),
@@ -511,32 +526,39 @@ fn deleted_segments_are_cut_in_steps_once_their_removal_is_durable() {
     );
 
     // A cut that fails leaves the rest to the file's close: the segment is
-    // still deleted and the pass succeeds.
+    // still deleted, the pass succeeds and says so.
     fs.fail_truncates.store(true, Ordering::SeqCst);
     big_pairs(&store, "later", 200);
     clock.advance(Duration::from_secs(20));
     let files_before = segment_files(dir.path()).len();
-    let (_, deleted) = maintain_fully(&store);
+    let (deleted, whole) = maintain_deleting(&store);
     assert!(deleted >= 2, "{deleted} segments deleted with cuts failing");
+    assert_eq!(whole, deleted);
+    assert_eq!(
+        fs.failed_truncates.load(Ordering::SeqCst),
+        deleted,
+        "one failed cut per deleted segment, then no more tries"
+    );
     assert_eq!(
         segment_files(dir.path()).len(),
         files_before - deleted as usize
     );
-    let events = fs.file_events.lock().unwrap().clone();
-    assert!(!events
-        .iter()
-        .any(|e| matches!(e, FileEvent::Truncated { .. })));
+    big_pairs(&store, "kept", 3);
     drop(store);
 
-    // Nothing the passes kept was lost.
+    // Reopened: what expired stays gone, and what was written after the
+    // passes is there.
     let store = open();
     assert!(store.lookup(&key("old0")).unwrap().is_none());
     for i in 0..200 {
         let r = store.lookup(&key(&format!("later{i}"))).unwrap();
         assert!(r.is_none(), "later{i} expired but came back");
     }
-    big_pairs(&store, "after", 1);
-    assert!(store.lookup(&key("after0")).unwrap().is_some());
+    for i in 0..3 {
+        let r = store.lookup(&key(&format!("kept{i}"))).unwrap();
+        let response = r.and_then(|r| r.response().map(|b| b.to_vec()));
+        assert_eq!(response, Some(vec![i as u8; 48 << 10]), "kept{i}");
+    }
 }
 
 /// With `None` a removal is never synced: a power cut could bring back the
@@ -558,8 +580,9 @@ fn a_store_that_never_syncs_does_not_cut_deleted_segments() {
         Store::open_with_fs(dir.path(), config, Arc::new(SharedFs(Arc::clone(&fs)))).unwrap();
     big_pairs(&store, "old", 100);
     clock.advance(Duration::from_secs(20));
-    let (_, deleted) = maintain_fully(&store);
+    let (deleted, whole) = maintain_deleting(&store);
     assert!(deleted >= 2, "{deleted} segments deleted");
+    assert_eq!(whole, deleted);
     let events = fs.file_events.lock().unwrap().clone();
     let removed = events
         .iter()

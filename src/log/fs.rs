@@ -34,8 +34,16 @@ pub trait FileHandle: Send + Sync + Debug {
     /// Cuts the file to `len` bytes. The store calls it only on a segment
     /// file it has already removed from the directory, to give the file's
     /// blocks back a step at a time rather than all at once when it is
-    /// closed.
-    fn truncate(&self, len: u64) -> io::Result<()>;
+    /// closed. The default cannot cut: such a file is freed whole when it
+    /// closes, and the maintenance pass counts it in
+    /// [`MaintenanceReport::segments_freed_whole`](crate::MaintenanceReport::segments_freed_whole).
+    fn truncate(&self, len: u64) -> io::Result<()> {
+        let _ = len;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this file handle cannot truncate",
+        ))
+    }
 }
 
 /// What a [`FileSystem::lock`] holds; the lock is released when it is

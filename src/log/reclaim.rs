@@ -137,7 +137,9 @@ pub(super) fn maintain(engine: &LogEngine, now: Timestamp) -> Result<Maintenance
     // disk before any segment goes.
     engine.log.persist_token_floor()?;
     for id in doomed {
-        report.bytes_reclaimed += engine.log.delete_segment(id)?;
+        let deleted = engine.log.delete_segment(id)?;
+        report.bytes_reclaimed += deleted.bytes;
+        report.segments_freed_whole += u64::from(deleted.freed_whole);
         report.segments_deleted += 1;
     }
     Ok(report)

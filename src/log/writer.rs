@@ -783,9 +783,9 @@ impl Log {
     /// [`release_in_steps`]), unless the durability is `None`: there the
     /// removal is never synced, and a power cut could bring the name back
     /// on a file cut short, which recovery would refuse as damaged.
-    pub(crate) fn delete_segment(&self, id: u32) -> Result<u64> {
+    pub(crate) fn delete_segment(&self, id: u32) -> Result<Deleted> {
         let Some(seg) = self.segments.write().remove(&id) else {
-            return Ok(0);
+            return Ok(Deleted::default());
         };
         self.fs
             .remove(&seg.path)
@@ -799,10 +799,11 @@ impl Log {
             }
         }
         self.bytes_on_disk.fetch_sub(seg.size, Ordering::Relaxed);
-        if self.syncs_enabled() {
-            release_in_steps(&*seg.file, seg.size);
-        }
-        Ok(seg.size)
+        let cut = self.syncs_enabled() && release_in_steps(&*seg.file, seg.size);
+        Ok(Deleted {
+            bytes: seg.size,
+            freed_whole: !cut,
+        })
     }
 
     pub(crate) fn bytes_on_disk(&self) -> u64 {
@@ -819,34 +820,41 @@ impl Log {
     }
 }
 
-/// Bytes of a deleted segment given back per truncation.
-///
-/// Closing a deleted 64 MiB segment frees all its blocks in one file-system
-/// transaction: 12-18 ms on the development VM (ext4 mounted with
-/// `discard`), during which an `fdatasync` of the log waited up to 13-36 ms.
-/// Cut in steps, each transaction is short and a sync waits for one step
-/// at most. `footprint`'s deletion probe (8 threads making `Sync` pairs
-/// beside a pass that deletes eight segments): whole, the writers made
-/// 2.1-2.6 k pairs/s during the pass with a p99 of 16-27 ms; 4 MiB steps
-/// 4.4-5.1 k; 1 MiB 6.6-7.6 k, p99 2.6-4.2 ms; 256 KiB 9.5-11.7 k, p99
-/// 1.5-4.4 ms; 128 KiB 10-16 k, with the pass 1.5 times as long again
-/// (19-22 k pairs/s quiet). The pass takes longer as the steps shrink: it
-/// runs in the background, and the requests are what wait.
+/// What [`Log::delete_segment`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Deleted {
+    /// The segment's size; zero if it was already gone.
+    pub(crate) bytes: u64,
+    /// Its blocks were left to be freed all at once when it closed.
+    pub(crate) freed_whole: bool,
+}
+
+/// Bytes of a deleted segment given back per truncation. Closing a deleted
+/// 64 MiB segment frees all its blocks in one file-system transaction,
+/// which every `fdatasync` of the log then waits for (12–18 ms per file on
+/// the development VM, ext4 mounted with `discard`). Cut in steps, each
+/// transaction is short and a sync waits for one step at most; smaller
+/// steps kept `Sync` writers faster while the pass ran and made the pass
+/// longer, and 256 KiB was the balance (`footprint`'s deletion probe;
+/// the figures are in docs/BENCHMARKS.md, sixteenth session).
 const RELEASE_STEP: u64 = 1 << 18;
 
 /// Cuts a deleted segment's file down to nothing, [`RELEASE_STEP`] bytes at
-/// a time, before it is closed. The file has no name and its removal is
-/// durable, so nothing reads it again and a crash midway leaves nothing
-/// behind (the file system frees an unlinked file's blocks when it
-/// mounts). A failed cut is left to the close, which frees the rest.
-fn release_in_steps(file: &dyn FileHandle, declared: u64) {
-    let mut len = file.size().unwrap_or(declared);
+/// a time, before it is closed; false if a cut failed, leaving the rest to
+/// the close. The file has no name and its removal is durable, so nothing
+/// reads it again, and a crash midway leaves nothing behind on a local
+/// journaling file system (ext4, XFS, btrfs free an unlinked file's blocks
+/// when they mount).
+fn release_in_steps(file: &dyn FileHandle, created_len: u64) -> bool {
+    // The file's own length, in case it grew past what it was created with.
+    let mut len = file.size().unwrap_or(created_len);
     while len > 0 {
         len = len.saturating_sub(RELEASE_STEP);
         if file.truncate(len).is_err() {
-            return;
+            return false;
         }
     }
+    true
 }
 
 /// The writer thread: group commit for `Sync`, timed syncs for `Buffered`,

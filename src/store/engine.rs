@@ -142,6 +142,12 @@ pub struct MaintenanceReport {
     pub records_copied: u64,
     /// Bytes of disk space given back.
     pub bytes_reclaimed: u64,
+    /// Deleted segments whose blocks the file system freed all at once
+    /// when they were closed, rather than cut down in steps first: in a
+    /// store that never syncs (whose removals are not durable), or where
+    /// a cut failed. Each such close can hold up the log's syncs for as
+    /// long as freeing the whole file takes.
+    pub segments_freed_whole: u64,
     /// Live records the in-memory store moved out of sparse memory, so
     /// that what a burst of expired records held could be freed.
     pub records_moved: u64,

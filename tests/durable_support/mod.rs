@@ -94,25 +94,36 @@ pub struct CountingFs {
     pub fail_frame_reads: AtomicBool,
     /// Reads failed so.
     pub failed_frame_reads: AtomicU64,
-    /// Removals and truncations (by inode number) and directory syncs, in
-    /// order.
+    /// Removals and truncations (of files numbered as they were created
+    /// or opened) and directory syncs, in order.
     pub file_events: std::sync::Mutex<Vec<FileEvent>>,
     /// Fail truncations.
     pub fail_truncates: AtomicBool,
+    /// Truncations failed so.
+    pub failed_truncates: AtomicU64,
+    /// The number of the file at each path, kept across renames.
+    file_numbers: std::sync::Mutex<std::collections::HashMap<PathBuf, u64>>,
+    next_file: AtomicU64,
 }
 
-/// A removal or a truncation of the file with this inode number, or a
-/// directory sync.
+/// A removal or a truncation of the file with this number, or a directory
+/// sync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileEvent {
-    Removed { ino: u64 },
+    Removed { file: u64 },
     DirSynced,
-    Truncated { ino: u64, len: u64 },
+    Truncated { file: u64, len: u64 },
 }
 
-fn inode_of(path: &Path) -> io::Result<u64> {
-    use std::os::unix::fs::MetadataExt;
-    Ok(std::fs::metadata(path)?.ino())
+impl CountingFs {
+    /// The number of the file at `path`, given one if it has none yet
+    /// (numbers, unlike inode numbers, are never reused).
+    fn number(&self, path: &Path) -> u64 {
+        let mut numbers = self.file_numbers.lock().unwrap();
+        *numbers
+            .entry(path.to_path_buf())
+            .or_insert_with(|| self.next_file.fetch_add(1, Ordering::SeqCst))
+    }
 }
 
 /// Holds fdatasync calls back until the test lets them through.
@@ -153,7 +164,7 @@ impl SyncGate {
 struct CountingFile {
     inner: Box<dyn FileHandle>,
     fs: Arc<CountingFs>,
-    ino: u64,
+    number: u64,
 }
 
 impl FileHandle for CountingFile {
@@ -189,10 +200,14 @@ impl FileHandle for CountingFile {
     }
     fn truncate(&self, len: u64) -> io::Result<()> {
         if self.fs.fail_truncates.load(Ordering::SeqCst) {
+            self.fs.failed_truncates.fetch_add(1, Ordering::SeqCst);
             return Err(io::Error::other("injected truncation failure"));
         }
         self.inner.truncate(len)?;
-        let event = FileEvent::Truncated { ino: self.ino, len };
+        let event = FileEvent::Truncated {
+            file: self.number,
+            len,
+        };
         self.fs.file_events.lock().unwrap().push(event);
         Ok(())
     }
@@ -214,26 +229,35 @@ impl FileSystem for SharedFs {
         Ok(Box::new(CountingFile {
             inner: OsFileSystem.open(path)?,
             fs: Arc::clone(&self.0),
-            ino: inode_of(path)?,
+            number: self.0.number(path),
         }))
     }
     fn create(&self, path: &Path) -> io::Result<Box<dyn FileHandle>> {
+        let inner = OsFileSystem.create(path)?;
+        // A new file: whatever had this path before was removed.
+        self.0.file_numbers.lock().unwrap().remove(path);
         Ok(Box::new(CountingFile {
-            inner: OsFileSystem.create(path)?,
+            inner,
             fs: Arc::clone(&self.0),
-            ino: inode_of(path)?,
+            number: self.0.number(path),
         }))
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         OsFileSystem.list(dir)
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        OsFileSystem.rename(from, to)
+        OsFileSystem.rename(from, to)?;
+        let mut numbers = self.0.file_numbers.lock().unwrap();
+        if let Some(number) = numbers.remove(from) {
+            numbers.insert(to.to_path_buf(), number);
+        }
+        Ok(())
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
-        let ino = inode_of(path)?;
         OsFileSystem.remove(path)?;
-        let event = FileEvent::Removed { ino };
+        let file = self.0.number(path);
+        self.0.file_numbers.lock().unwrap().remove(path);
+        let event = FileEvent::Removed { file };
         self.0.file_events.lock().unwrap().push(event);
         Ok(())
     }

@@ -545,16 +545,18 @@ impl FileHandle for SimFile {
         Ok(())
     }
 
-    /// The store cuts only files it has removed, which no crash state can
-    /// reach; a cut of a named file would need the crash model to know of
+    /// The store cuts only files whose removal is durable, which no crash
+    /// state can reach; a cut of a file with a name, or whose removal a
+    /// crash could still undo, would need the crash model to know of
     /// truncation, so it fails and the test that made it notices.
     fn truncate(&self, len: u64) -> io::Result<()> {
         let mut s = self.fs.state.lock();
         self.fs.enter(&mut s, None)?;
-        if s.names.values().any(|&ino| ino == self.ino) {
+        let named = |names: &BTreeMap<PathBuf, Ino>| names.values().any(|&ino| ino == self.ino);
+        if named(&s.names) || named(&s.durable_names) {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
-                "the simulated file system cuts only removed files",
+                "the simulated file system cuts only files whose removal is durable",
             ));
         }
         let inode = s.inodes.get_mut(&self.ino).expect("open inode");
