@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use beside::passes_beside_writers;
 use durable_support::*;
-use idemlog::{Clock, Config, Durability, Outcome, ReserveOptions, Store};
+use idemlog::{Clock, Config, Durability, MaintenanceReport, Outcome, ReserveOptions, Store};
 
 fn cfg(clock: &idemlog::ManualClock) -> Config {
     Config::builder()
@@ -39,13 +39,21 @@ fn churn_cfg(clock: &idemlog::ManualClock) -> Config {
 /// Runs maintenance until a pass has no more work; returns the records
 /// copied forward and the segments deleted.
 fn maintain_fully(store: &Store) -> (u64, u64) {
-    let (mut copied, mut deleted) = (0, 0);
+    let total = maintain_totals(store);
+    (total.records_copied, total.segments_deleted)
+}
+
+/// Runs maintenance until a pass has no more work; returns the passes'
+/// copies, deletions and deletions freed whole, summed.
+fn maintain_totals(store: &Store) -> MaintenanceReport {
+    let mut total = MaintenanceReport::default();
     loop {
         let report = store.run_maintenance().unwrap();
-        copied += report.records_copied;
-        deleted += report.segments_deleted;
+        total.records_copied += report.records_copied;
+        total.segments_deleted += report.segments_deleted;
+        total.segments_freed_whole += report.segments_freed_whole;
         if !report.more_work {
-            return (copied, deleted);
+            return total;
         }
     }
 }
@@ -426,18 +434,11 @@ fn passes_beside_writers_lose_no_live_record() {
     check(&store);
 }
 
-/// Runs maintenance until a pass has no more work; returns the segments
-/// deleted and how many of them were freed whole.
+/// The segments deleted and how many of them were freed whole, by
+/// maintenance run until a pass has no more work.
 fn maintain_deleting(store: &Store) -> (u64, u64) {
-    let (mut deleted, mut whole) = (0, 0);
-    loop {
-        let report = store.run_maintenance().unwrap();
-        deleted += report.segments_deleted;
-        whole += report.segments_freed_whole;
-        if !report.more_work {
-            return (deleted, whole);
-        }
-    }
+    let total = maintain_totals(store);
+    (total.segments_deleted, total.segments_freed_whole)
 }
 
 /// Writes `n` completed pairs with 48 KiB responses, keys `{prefix}{i}`.
