@@ -491,9 +491,8 @@ fn check_cuts(events: &[FileEvent], segment_size: u64, step: u64) -> usize {
     removed
 }
 
-/// Closing a deleted 64 MiB segment freed all its blocks in one
-/// file-system transaction, during which the log's fdatasync waited up to
-/// tens of ms; a pass cuts each deleted segment down 256 KiB at a time
+/// Closing a deleted 64 MiB segment freed all its blocks at once, and the
+/// log's fdatasync waited behind that for up to tens of ms; a pass cuts each deleted segment down 256 KiB at a time
 /// instead, once its removal is durable, and a failed cut costs nothing.
 #[test]
 fn deleted_segments_are_cut_in_steps_once_their_removal_is_durable() {

@@ -830,10 +830,12 @@ pub(crate) struct Deleted {
 }
 
 /// Bytes of a deleted segment given back per truncation. Closing a deleted
-/// 64 MiB segment frees all its blocks in one file-system transaction,
-/// which every `fdatasync` of the log then waits for (12–18 ms per file on
-/// the development VM, ext4 mounted with `discard`). Cut in steps, each
-/// transaction is short and a sync waits for one step at most; smaller
+/// 64 MiB segment frees all its blocks at once, and the log's `fdatasync`
+/// waits behind that: on the development VM (ext4 without a journal,
+/// mounted with `discard`) the close discards the whole 64 MiB in one
+/// request the disk takes 12–18 ms over, and a sync queued behind it
+/// waited up to 36 ms. Cut in steps, each piece of that work is short
+/// and a sync waits for one step at most; smaller
 /// steps kept `Sync` writers faster while the pass ran and made the pass
 /// longer, and 256 KiB was the balance (`footprint`'s deletion probe;
 /// the figures are in docs/BENCHMARKS.md, sixteenth session).
@@ -843,8 +845,8 @@ const RELEASE_STEP: u64 = 1 << 18;
 /// a time, before it is closed; false if a cut failed, leaving the rest to
 /// the close. The file has no name and its removal is durable, so nothing
 /// reads it again, and a crash midway leaves nothing behind on a local
-/// journaling file system (ext4, XFS, btrfs free an unlinked file's blocks
-/// when they mount).
+/// file system (ext4, XFS and btrfs free an unlinked file's blocks when
+/// they mount, or their check does).
 fn release_in_steps(file: &dyn FileHandle, created_len: u64) -> bool {
     // The file's own length, in case it grew past what it was created with.
     let mut len = file.size().unwrap_or(created_len);
