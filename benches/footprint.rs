@@ -625,20 +625,11 @@ fn measure_deletion(subject: &Subject, opts: &Options) -> Result<Deletion, Strin
     let fp = Fingerprint::of_bytes(br#"{"amount":1200,"currency":"eur"}"#);
     let response: Vec<u8> = (0..opts.response_bytes).map(|i| i as u8).collect();
     let clock = ManualClock::new(Timestamp::from_millis(1_000_000_000));
-    let pair = |store: &Store, gen: &mut KeyGen| -> Result<(), String> {
-        let key = store
-            .key(SCOPE, key_str(&gen.next_key()))
-            .map_err(|e| e.to_string())?;
-        match store.reserve(&key, &fp).map_err(|e| e.to_string())? {
-            Outcome::Acquired(r) => r.complete(response.clone()).map_err(|e| e.to_string()),
-            other => Err(format!("a fresh key was not acquired: {other:?}")),
-        }
-    };
     {
         let store = (subject.open)(dir.path(), &clock).map_err(|e| e.to_string())?;
         let mut gen = KeyGen::new(0xDE1E7E);
         for _ in 0..opts.records {
-            pair(&store, &mut gen)?;
+            complete_fresh(&store, &gen.next_key(), &fp, &response)?;
         }
         store.flush().map_err(|e| e.to_string())?;
     }
@@ -657,7 +648,7 @@ fn measure_deletion(subject: &Subject, opts: &Options) -> Result<Deletion, Strin
     let (timed, quiet_secs, pass) = std::thread::scope(|s| {
         let writers: Vec<_> = (0..DELETION_WRITERS as u64)
             .map(|w| {
-                let (store, phase, pair) = (&store, &phase, &pair);
+                let (store, phase, fp, response) = (&store, &phase, &fp, &response);
                 s.spawn(move || -> Result<Vec<(u8, u64)>, String> {
                     let mut gen = KeyGen::new(0x5EC0_0000 + w);
                     let mut timed = Vec::with_capacity(1 << 16);
@@ -667,7 +658,7 @@ fn measure_deletion(subject: &Subject, opts: &Options) -> Result<Deletion, Strin
                             return Ok(timed);
                         }
                         let t = Instant::now();
-                        pair(store, &mut gen)?;
+                        complete_fresh(store, &gen.next_key(), fp, response)?;
                         if at > 0 {
                             timed.push((at, t.elapsed().as_nanos() as u64));
                         }

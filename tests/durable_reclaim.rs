@@ -492,8 +492,9 @@ fn check_cuts(events: &[FileEvent], segment_size: u64, step: u64) -> usize {
 }
 
 /// Closing a deleted 64 MiB segment freed all its blocks at once, and the
-/// log's fdatasync waited behind that for up to tens of ms; a pass cuts each deleted segment down 256 KiB at a time
-/// instead, once its removal is durable, and a failed cut costs nothing.
+/// log's fdatasync waited behind that for up to tens of ms; a pass cuts
+/// each deleted segment down 256 KiB at a time instead, once its removal
+/// is durable, and a failed cut costs nothing.
 #[test]
 fn deleted_segments_are_cut_in_steps_once_their_removal_is_durable() {
     let dir = tempfile::tempdir().unwrap();

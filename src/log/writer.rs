@@ -835,10 +835,10 @@ pub(crate) struct Deleted {
 /// mounted with `discard`) the close discards the whole 64 MiB in one
 /// request the disk takes 12–18 ms over, and a sync queued behind it
 /// waited up to 36 ms. Cut in steps, each piece of that work is short
-/// and a sync waits for one step at most; smaller
-/// steps kept `Sync` writers faster while the pass ran and made the pass
-/// longer, and 256 KiB was the balance (`footprint`'s deletion probe;
-/// the figures are in docs/BENCHMARKS.md, sixteenth session).
+/// and a sync waits for one step at most; smaller steps kept `Sync`
+/// writers faster while the pass ran and made the pass longer, and
+/// 256 KiB was the balance (`footprint`'s deletion probe; the figures are
+/// in docs/BENCHMARKS.md, sixteenth session).
 const RELEASE_STEP: u64 = 1 << 18;
 
 /// Cuts a deleted segment's file down to nothing, [`RELEASE_STEP`] bytes at
