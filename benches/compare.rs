@@ -855,34 +855,82 @@ fn memory_floor_row<'a>(id: &'static str, threads: usize, opts: &'a Options) -> 
         move || {
             seed += 1;
             let map = Arc::new(floor::memory::FloorMap::default());
-            let fingerprint = *bench_fingerprint().digest();
-            let rss_before = common::rss_bytes();
-            let mut m = drive(threads, opts, &Keys::Fresh { seed }, 1, |_| {
-                let map = Arc::clone(&map);
-                let response = common::response();
-                let mut token = 0u64;
-                // The wall clock read as idemlog's default clock reads it.
-                let expiry = |ttl: Duration| SystemClock.now().saturating_add(ttl).as_millis();
-                let config = Config::default();
-                let (lease, ttl) = (config.lease, config.ttl);
-                Ok(Box::new(move |k: &[u8; KEY_LEN]| {
-                    let identity = floor::memory::Identity::new(SCOPE.as_bytes(), k)?;
-                    token += 1;
-                    let ticket =
-                        map.reserve(&identity, &fingerprint, token, expiry(lease + ttl))?;
-                    let reserved = Instant::now();
-                    map.complete(&identity, &ticket, response.clone(), expiry(ttl))?;
-                    Ok(Some(reserved))
-                }) as Request<'_>)
-            })?;
-            if map.len() as u64 != m.ops {
+            floor_pairs(&map, threads, opts, seed)
+        },
+    )
+}
+
+/// The in-memory row's requests, clock readings and 300-byte responses on a
+/// floor (benches/floor/): what the floor rows run. The row fails unless the
+/// floor holds one entry per pair made.
+fn floor_pairs<F: floor::Floor>(
+    floor: &Arc<F>,
+    threads: usize,
+    opts: &Options,
+    seed: u64,
+) -> Result<Measured, String> {
+    let fingerprint = *bench_fingerprint().digest();
+    let rss_before = common::rss_bytes();
+    let mut m = drive(threads, opts, &Keys::Fresh { seed }, 1, |_| {
+        let floor = Arc::clone(floor);
+        let response = common::response();
+        let mut token = 0u64;
+        // The wall clock read as idemlog's default clock reads it.
+        let expiry = |ttl: Duration| SystemClock.now().saturating_add(ttl).as_millis();
+        let config = Config::default();
+        let (lease, ttl) = (config.lease, config.ttl);
+        Ok(Box::new(move |k: &[u8; KEY_LEN]| {
+            let identity = floor::memory::Identity::new(SCOPE.as_bytes(), k)?;
+            token += 1;
+            let ticket = floor.reserve(&identity, &fingerprint, token, expiry(lease + ttl))?;
+            let reserved = Instant::now();
+            // The response as the application hands it over, as in the
+            // idemlog rows.
+            floor.complete(&identity, &ticket, response.clone(), expiry(ttl))?;
+            Ok(Some(reserved))
+        }) as Request<'_>)
+    })?;
+    if floor.len() as u64 != m.ops {
+        return Err(format!(
+            "the floor made {} pairs but holds {} entries",
+            m.ops,
+            floor.len()
+        ));
+    }
+    m.rss_bytes_per_op = per_op(rss_before, common::rss_bytes(), m.ops);
+    Ok(m)
+}
+
+/// The `None` floor (benches/floor/log.rs): the in-memory floor's map with
+/// every record also written, behind a length and a checksum, to a log file
+/// by a writer thread, as any log-structured store without syncs must. Its
+/// figure is what any such store can reach with this harness on this
+/// machine, the target the `None` rows are held to.
+fn none_floor_row(threads: usize, opts: &Options) -> Planned<'_> {
+    let mut seed = 3_500;
+    plan(
+        "floor-none-2",
+        PAIR,
+        "None floor: sharded map + log file, no store",
+        threads,
+        move || {
+            seed += 1;
+            let dir = common::scratch_dir("floor-none-").map_err(|e| e.to_string())?;
+            let path = dir.path().join("log");
+            let file = std::fs::File::create(&path).map_err(|e| e.to_string())?;
+            let (log, writer) = floor::log::LogFloor::start(file).map_err(|e| e.to_string())?;
+            let measured = floor_pairs(&log, threads, opts, seed);
+            // Stopped whether or not the run failed.
+            let logged = log.close(writer)?;
+            let mut m = measured?;
+            let file_len = std::fs::metadata(&path).map_err(|e| e.to_string())?.len();
+            if file_len != logged {
                 return Err(format!(
-                    "the floor made {} pairs but holds {} entries",
-                    m.ops,
-                    map.len()
+                    "the None floor logged {logged} bytes but its file holds {file_len}"
                 ));
             }
-            m.rss_bytes_per_op = per_op(rss_before, common::rss_bytes(), m.ops);
+            let on_disk = common::disk_bytes(dir.path());
+            m.disk_bytes_per_op = Some(on_disk as f64 / m.ops.max(1) as f64);
             Ok(m)
         },
     )
@@ -1739,6 +1787,21 @@ fn print_targets(rows: &[Row]) {
             ratio("floor-mem-2", "sled-2"),
             "×",
         ),
+        (
+            "None floor (map + log file, no store), 2 thr",
+            ops("floor-none-2"),
+            "",
+        ),
+        (
+            "None 2 thr / None floor",
+            ratio("none-2", "floor-none-2"),
+            "×",
+        ),
+        (
+            "None floor / sled default 2 thr",
+            ratio("floor-none-2", "sled-2"),
+            "×",
+        ),
         ("None recycled, 2 thr, pairs/s", ops("none-2-recycled"), ""),
         (
             "None recycled / sled default 2 thr",
@@ -1824,6 +1887,9 @@ fn main() {
         planned.push(idemlog_pairs_row(id, system, *threads, &opts));
         if *id == "none-2" {
             planned.push(idemlog_none_recycled_row("none-2-recycled", 2, &opts));
+            // After the recycled row, as the in-memory floor runs after
+            // its own: whatever memory that leaves can only help the floor.
+            planned.push(none_floor_row(2, &opts));
         }
     }
     planned.push(idemlog_async_row("sync-64-async", &durable_sync, 64, &opts));
@@ -1923,6 +1989,7 @@ fn main() {
     println!("  * group-commit floor: the same 64 tasks, runtime and timing around a log with no store (benches/floor/group_commit.rs): each task appends its record's bytes and waits; one thread gathers them as idemlog's Sync log does, writes them to a file prepared like the disk rows' and syncs. The most any store can reach with 64 async tasks on this machine.");
     print_records_per_sync(&rows);
     println!("  * Redis: {REDIS_CONNECTIONS} client threads, one connection each, one request at a time per connection (no pipelining); SET key v NX PX {LEASE_TTL_MS} then SET key v XX. Client and server share the machine's cores.");
+    println!("  * None floor: the in-memory floor's map with every reserve and complete also written as a whole record (identity, fingerprint, token, expiry, response) behind a length and a CRC-32C to one log file, through a shared buffer that a writer thread writes at 1 MiB or every 10 ms and a caller past 4 MiB, as idemlog's None log does (benches/floor/log.rs); a completed entry keeps its record's offset, not the response. No segments, read-backs or side tables: the most any log-structured store without syncs can reach with this harness on this machine.");
     println!("  * CPU µs/op = CPU time (user + system) of the bench threads per operation: what an operation costs whatever else the machine runs (Redis rows: the client side only). proc µs/op = the whole process's, which adds the threads the system runs itself (idemlog's writer and maintenance threads, sled's flusher) competing for the same cores; for the async row both are the process's.");
     println!("  * RAM B/op = growth of the resident set of the process holding the data (Redis: the server) per request; allocator reuse makes it approximate — benches/footprint.rs measures it carefully.");
     println!("  * The machine's cores are shared with other work: figures are noisy, ratios within one run are what count.");

@@ -5,7 +5,8 @@
 //! client-chosen keys needs against hash flooding) and lives in one of 64
 //! mutex-guarded shards, as idemlog's in-memory store shards. An entry keeps
 //! what the decision table needs of it: the identity bytes, the request's
-//! fingerprint, a fencing token, an expiry and the response; entries sit in
+//! fingerprint, a fencing token, an expiry and the response (or, in the
+//! `None` floor of `log.rs`, where its record was written); entries sit in
 //! a growing vector per shard, the hash table holding only their hashes and
 //! positions. There are no leases to extend, no takeovers, no expiry pass,
 //! no checkpoints, no counters and no background thread, and a caller's
@@ -22,32 +23,40 @@ const SHARDS: usize = 64;
 /// The longest scope + key the floor keeps (the comparison's take 44).
 pub const MAX_IDENTITY: usize = 64;
 
-/// The map: shards of entries, and the per-map hash key.
-pub struct FloorMap {
-    shards: Box<[CachePadded<Mutex<Shard>>]>,
+/// The map: shards of entries, and the per-map hash key. A completed entry
+/// keeps a `V`: the response itself in memory, or where a log wrote it.
+pub struct FloorMap<V = Vec<u8>> {
+    shards: Box<[CachePadded<Mutex<Shard<V>>>]>,
     hasher: RandomState,
 }
 
-#[derive(Default)]
-struct Shard {
+struct Shard<V> {
     /// `(hash, position in entries)`.
     table: HashTable<(u64, u32)>,
-    entries: Vec<Entry>,
+    entries: Vec<Entry<V>>,
 }
 
-struct Entry {
+impl<V> Default for Shard<V> {
+    fn default() -> Self {
+        Shard {
+            table: HashTable::new(),
+            entries: Vec::new(),
+        }
+    }
+}
+
+struct Entry<V> {
     identity_len: u8,
     identity: [u8; MAX_IDENTITY],
-    /// Kept, as a store must, for later requests to be compared with; a
-    /// fresh key's pair never reads it.
-    #[allow(dead_code)]
+    /// Kept, as a store must, for later requests to be compared with (a
+    /// fresh key's pair only writes it into its log record, if it has one).
     fingerprint: [u8; 32],
     token: u64,
     expires_at_ms: u64,
-    response: Option<Vec<u8>>,
+    completion: Option<V>,
 }
 
-impl Entry {
+impl<V> Entry<V> {
     fn identity(&self) -> &[u8] {
         &self.identity[..usize::from(self.identity_len)]
     }
@@ -82,12 +91,12 @@ impl Identity {
         })
     }
 
-    fn as_bytes(&self) -> &[u8] {
+    pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
     }
 }
 
-impl Default for FloorMap {
+impl<V> Default for FloorMap<V> {
     fn default() -> Self {
         FloorMap {
             shards: (0..SHARDS).map(|_| CachePadded::default()).collect(),
@@ -96,22 +105,52 @@ impl Default for FloorMap {
     }
 }
 
-impl FloorMap {
-    /// The shard takes middle bits of the hash: the table's buckets use the
-    /// low ones and its tags the top seven, which must still vary within a
-    /// shard.
-    fn shard(&self, hash: u64) -> &Mutex<Shard> {
-        &self.shards[(hash >> 32) as usize % SHARDS]
-    }
-
-    /// Inserts an in-flight entry for `identity` unless one is there; the
-    /// ticket carries the hash so `complete` does not hash again.
-    pub fn reserve(
+impl super::Floor for FloorMap<Vec<u8>> {
+    fn reserve(
         &self,
         identity: &Identity,
         fingerprint: &[u8; 32],
         token: u64,
         expires_at_ms: u64,
+    ) -> Result<Ticket, String> {
+        self.reserve_logged(identity, fingerprint, token, expires_at_ms, || Ok(()))
+    }
+
+    fn complete(
+        &self,
+        identity: &Identity,
+        ticket: &Ticket,
+        response: Vec<u8>,
+        expires_at_ms: u64,
+    ) -> Result<(), String> {
+        self.complete_with(identity, ticket, expires_at_ms, |_, _| Ok(response))
+    }
+
+    fn len(&self) -> usize {
+        FloorMap::len(self)
+    }
+}
+
+impl<V> FloorMap<V> {
+    /// The shard takes middle bits of the hash: the table's buckets use the
+    /// low ones and its tags the top seven, which must still vary within a
+    /// shard.
+    fn shard(&self, hash: u64) -> &Mutex<Shard<V>> {
+        &self.shards[(hash >> 32) as usize % SHARDS]
+    }
+
+    /// Inserts an in-flight entry for `identity` unless one is there (the
+    /// ticket carries the hash so `complete` does not hash again), then
+    /// calls `log` under the shard's lock: a durable store writes its record there, so that two
+    /// requests for one identity reach the log in the order they were
+    /// decided.
+    pub fn reserve_logged(
+        &self,
+        identity: &Identity,
+        fingerprint: &[u8; 32],
+        token: u64,
+        expires_at_ms: u64,
+        log: impl FnOnce() -> Result<(), String>,
     ) -> Result<Ticket, String> {
         let bytes = identity.as_bytes();
         let hash = self.hasher.hash_one(bytes);
@@ -130,19 +169,22 @@ impl FloorMap {
             fingerprint: *fingerprint,
             token,
             expires_at_ms,
-            response: None,
+            completion: None,
         });
         table.insert_unique(hash, (hash, at), |&(h, _)| h);
+        log()?;
         Ok(Ticket { hash, token })
     }
 
-    /// Stores the response under the ticket's token, if it still holds.
-    pub fn complete(
+    /// Completes the entry under the ticket's token, if it still holds,
+    /// keeping what `complete` returns; it is called under the shard's lock
+    /// with the entry's token and fingerprint.
+    pub fn complete_with(
         &self,
         identity: &Identity,
         ticket: &Ticket,
-        response: Vec<u8>,
         expires_at_ms: u64,
+        complete: impl FnOnce(u64, &[u8; 32]) -> Result<V, String>,
     ) -> Result<(), String> {
         let bytes = identity.as_bytes();
         let mut shard = self.shard(ticket.hash).lock();
@@ -153,10 +195,10 @@ impl FloorMap {
             })
             .ok_or("the floor lost a reserved key")?;
         let entry = &mut entries[at as usize];
-        if entry.token != ticket.token || entry.response.is_some() {
+        if entry.token != ticket.token || entry.completion.is_some() {
             return Err("the floor's entry is held by another token".into());
         }
-        entry.response = Some(response);
+        entry.completion = Some(complete(entry.token, &entry.fingerprint)?);
         entry.expires_at_ms = expires_at_ms;
         Ok(())
     }
