@@ -110,15 +110,14 @@ impl LogFloor {
         Ok((floor, writer))
     }
 
-    /// Stops the writer thread, which writes what is left, and returns the
-    /// bytes logged.
+    /// Stops the writer thread, whose last act is to write what is left,
+    /// and returns the bytes logged.
     pub fn close(&self, writer: WriterThread) -> Result<u64, String> {
         self.stop.store(true, Ordering::Release);
         writer.thread().unpark();
         writer
             .join()
             .map_err(|_| "the floor's writer thread panicked".to_string())??;
-        self.write_out()?;
         Ok(self.tail.lock().pos)
     }
 

@@ -141,9 +141,9 @@ impl<V> FloorMap<V> {
 
     /// Inserts an in-flight entry for `identity` unless one is there (the
     /// ticket carries the hash so `complete` does not hash again), then
-    /// calls `log` under the shard's lock: a durable store writes its record there, so that two
-    /// requests for one identity reach the log in the order they were
-    /// decided.
+    /// calls `log` under the shard's lock: a durable store writes its
+    /// record there, so that two requests for one identity reach the log in
+    /// the order they were decided.
     pub fn reserve_logged(
         &self,
         identity: &Identity,
