@@ -1,13 +1,18 @@
 //! Side-by-side throughput: idemlog against the disk's own limit, sled and
 //! Redis, measured in one run on one machine.
 //!
-//! `cargo bench --bench compare [-- --quick] [-- --no-redis] [-- --runs N]`
+//! `cargo bench --bench compare [-- --quick] [-- --no-redis] [-- --runs N]
+//! [-- --only ID,...] [-- --in-process]`
 //!
 //! One request = reserve (insert-if-absent of an in-flight record) then
 //! complete (a 300-byte response), on a fresh random 32-byte key. Prints one
 //! table, then the target ratios, and writes the same rows as JSON
 //! lines to `target/idemlog-bench/compare.jsonl`. docs/BENCHMARKS.md says
 //! what each row means.
+//!
+//! Each run of each row is made by a fresh child process of this bench (see
+//! "One process per run" below); `--in-process` makes every run in one
+//! process instead, for a profiler that does not follow children.
 
 mod common;
 mod floor;
@@ -45,6 +50,11 @@ struct Options {
     replay_keys: usize,
     /// Row ids to run (`--only mem-1,disk-64`); empty runs every row.
     only: Vec<String>,
+    /// Every run in this process (`--in-process`), instead of each in a
+    /// child process of its own.
+    in_process: bool,
+    /// Set in a child process: the one row whose one run it makes.
+    child_row: Option<String>,
 }
 
 impl Options {
@@ -70,6 +80,12 @@ impl Options {
                 .and_then(|i| args.get(i + 1))
                 .map(|ids| ids.split(',').map(str::to_owned).collect())
                 .unwrap_or_default(),
+            in_process: args.iter().any(|a| a == "--in-process"),
+            child_row: args
+                .iter()
+                .position(|a| a == CHILD_FLAG)
+                .and_then(|i| args.get(i + 1))
+                .cloned(),
         }
     }
 }
@@ -87,7 +103,7 @@ enum Keys {
 }
 
 /// What one run measured.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Measured {
     /// Operations per second over the whole run (all threads).
     ops_per_s: f64,
@@ -310,18 +326,27 @@ fn skipped<'a>(
 }
 
 impl Planned<'_> {
-    fn run_once(&mut self, run: usize, runs: usize) {
+    /// One run: in a fresh child process of this bench ([`child_main`],
+    /// which plans the rows again and runs only this one), or with
+    /// `--in-process` here.
+    fn run_once(&mut self, run: usize, runs: usize, opts: &Options) {
         if self.not_measured.is_some() {
             return;
         }
         eprintln!(
-            "  run {}/{runs}: {} / {} / {} thread(s)",
+            "  run {}/{runs}: {} / {} / {} thread(s){}",
             run + 1,
             self.system,
             self.workload,
-            self.threads
+            self.threads,
+            if opts.in_process { "" } else { ", own process" }
         );
-        match (self.run)() {
+        let measured = if opts.in_process {
+            (self.run)()
+        } else {
+            measure_in_child(self.id, opts)
+        };
+        match measured {
             Ok(m) => self.done.push(m),
             Err(e) => self.not_measured = Some(format!("failed: {e}")),
         }
@@ -535,6 +560,7 @@ fn fill_and_age(
     let fill = Options {
         secs: opts.secs * 1.5,
         only: Vec::new(),
+        child_row: None,
         ..*opts
     };
     let filled = drive(threads, &fill, &Keys::Fresh { seed }, 1, |_| {
@@ -1303,6 +1329,7 @@ fn sled_recycled_row<'a>(id: &'static str, threads: usize, opts: &'a Options) ->
             let fill = Options {
                 secs: opts.secs * 1.5,
                 only: Vec::new(),
+                child_row: None,
                 ..*opts
             };
             let filled = drive(threads, &fill, &Keys::Fresh { seed: 9 }, 1, |_| {
@@ -1449,13 +1476,17 @@ fn redis_row<'a>(id: &'static str, appendfsync_always: bool, opts: &'a Options) 
     } else {
         "Redis no persistence"
     };
-    let server = match RedisServer::start(appendfsync_always) {
-        Ok(s) => s,
-        Err(e) => return skipped(id, PAIR, system, REDIS_CONNECTIONS, &e),
-    };
+    // Started by the row's first run, so that only the process that runs
+    // the row starts a server (each run's own child process, by default).
+    let mut started: Option<RedisServer> = None;
     let mut seed = 100;
     plan(id, PAIR, system, REDIS_CONNECTIONS, move || {
         seed += 1;
+        let server = match &mut started {
+            Some(server) => server,
+            None => started.insert(RedisServer::start(appendfsync_always)?),
+        };
+        let server = &*server;
         let mut admin = server.connect()?;
         redis::cmd("FLUSHALL")
             .query::<String>(&mut admin)
@@ -1498,6 +1529,99 @@ fn redis_row<'a>(id: &'static str, appendfsync_always: bool, opts: &'a Options) 
         }
         Ok(m)
     })
+}
+
+// ---------------------------------------------------------------------------
+// One process per run
+//
+// A row run after others in one process inherits what they left: memory
+// they freed, which spares a growing row page faults, fragmented free
+// lists, and other systems' threads (sled's I/O pool outlives its
+// database). On the nineteenth session's VM, two alternating pairs of
+// `--only sled-2,mem-2,floor-mem-2 --runs 3` made 1.32-1.45 M pairs/s for
+// idemlog's in-memory row and 83-85 k for sled's in one process, and
+// 1.56-1.57 M and 75-76 k with a process per run (docs/BENCHMARKS.md). So by
+// default each run of each row is made by a fresh child process of this
+// bench, as each system would run in a server of its own; the runs stay
+// interleaved across rows.
+
+/// The argument that makes this bench a child that runs one row once.
+const CHILD_FLAG: &str = "--child-row";
+
+/// The prefix of the child's stdout line that carries its result as JSON.
+const CHILD_RESULT: &str = "idemlog-compare-result ";
+
+/// What a child reports of its one run.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum ChildResult {
+    Measured(Measured),
+    Failed(String),
+}
+
+/// Runs row `id` once in a fresh child process and reads back what it
+/// measured.
+fn measure_in_child(id: &str, opts: &Options) -> Result<Measured, String> {
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot find this bench's own executable: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.args([CHILD_FLAG, id]);
+    if opts.quick {
+        cmd.arg("--quick");
+    }
+    if !opts.redis {
+        cmd.arg("--no-redis");
+    }
+    let out = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("could not start a child process for row {id}: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let Some(json) = stdout
+        .lines()
+        .rev()
+        .find_map(|line| line.strip_prefix(CHILD_RESULT))
+    else {
+        return Err(format!(
+            "row {id}'s child process ended ({}) without reporting a result",
+            out.status
+        ));
+    };
+    match serde_json::from_str(json) {
+        Ok(ChildResult::Measured(m)) => Ok(m),
+        Ok(ChildResult::Failed(why)) => Err(why),
+        Err(e) => Err(format!(
+            "row {id}'s child process reported {json:?}, which is not a result: {e}"
+        )),
+    }
+}
+
+/// The child's whole work: run row `id` once, report on stdout, exit.
+fn child_main(mut planned: Vec<Planned<'_>>, id: &str) -> ! {
+    planned.retain(|row| row.id == id);
+    let result = match planned.first_mut() {
+        None => ChildResult::Failed(format!("no row has the id {id}")),
+        Some(row) => match &row.not_measured {
+            Some(why) => ChildResult::Failed(format!("the row cannot run here: {why}")),
+            None => match (row.run)() {
+                Ok(m) => ChildResult::Measured(m),
+                Err(e) => ChildResult::Failed(e),
+            },
+        },
+    };
+    // Servers and scratch directories go before the process does.
+    drop(planned);
+    match serde_json::to_string(&result) {
+        Ok(json) => {
+            println!("{CHILD_RESULT}{json}");
+            std::process::exit(0)
+        }
+        Err(e) => {
+            eprintln!("row {id}: the result could not be written as JSON: {e}");
+            std::process::exit(1)
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1856,16 +1980,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let filesystem = common::filesystem_of(&root);
-    let machine = common::machine();
     let started = Instant::now();
-    eprintln!(
-        "compare: {} mode, {} run(s) per row, {:.0} s or {} requests per thread per run",
-        if opts.quick { "quick" } else { "full" },
-        opts.runs,
-        opts.secs,
-        common::thousands(opts.max_calls as f64)
-    );
 
     let memory = IdemlogSystem::in_memory();
     let durable = durable_rows();
@@ -1875,7 +1990,8 @@ fn main() {
         idemlog_pairs_row("mem-2", &memory, 2, &opts),
         idemlog_recycled_row("mem-2-recycled", 2, &opts),
         // After the recycled row, whose freed memory the allocator may hand
-        // it: the floor can only gain from that, so it stays a bound.
+        // it with `--in-process`: the floor can only gain from that, so it
+        // stays a bound.
         memory_floor_row("floor-mem-2", 2, &opts),
         idemlog_replay_row("replay-2", &memory, 2, &opts),
         idemlog_replay_row("replay-durable-2", &durable_sync, 2, &opts),
@@ -1937,6 +2053,23 @@ fn main() {
             planned.push(redis_row(id, always, &opts));
         }
     }
+    if let Some(id) = &opts.child_row {
+        child_main(planned, id);
+    }
+    let filesystem = common::filesystem_of(&root);
+    let machine = common::machine();
+    eprintln!(
+        "compare: {} mode, {} run(s) per row, {:.0} s or {} requests per thread per run, {}",
+        if opts.quick { "quick" } else { "full" },
+        opts.runs,
+        opts.secs,
+        common::thousands(opts.max_calls as f64),
+        if opts.in_process {
+            "every run in this process"
+        } else {
+            "each run in a child process of its own"
+        }
+    );
     if opts.redis && !redis_installed() {
         eprintln!("{redis_missing}: Redis rows skipped");
     }
@@ -1953,7 +2086,7 @@ fn main() {
     }
     for run in 0..opts.runs {
         for row in planned.iter_mut() {
-            row.run_once(run, opts.runs);
+            row.run_once(run, opts.runs, &opts);
         }
     }
     let rows: Vec<Row> = planned.into_iter().map(Planned::finish).collect();
@@ -1985,13 +2118,16 @@ fn main() {
     println!("  * idemlog durable rows: disk B/op includes the preallocated 64 MiB segment, so rows with few operations (Sync 1) show large figures; footprint.rs measures bytes per record.");
     println!("  * Sync, async tasks: 64 tokio tasks on a runtime with one worker per core, requests through the Backend trait (as the HTTP layer makes them); a task's fdatasync wait is a future, so no OS thread per caller. Its CPU µs/op is the whole process's (workers and the writer thread).");
     println!("  * durable None, log recycled: the 2-thread None row in its steady state. A fill pass writes records, the store's clock moves past their TTL, maintenance removes them and deletes their segments, and the measured pass appends fresh records to a log whose freed page-cache memory the machine has used before, as in a server that has run longer than its TTL. On a freshly booted VM the growing row pays the hypervisor for every first-touched page of page cache.");
-    println!("  * in-memory floor: the 2-thread in-memory row's requests, clock readings and responses on a map that does only what any store shared by threads must (benches/floor/memory.rs): a keyed SipHash per identity, 64 mutex-guarded shards, an entry with the identity, fingerprint, token, expiry and response; no leases, takeovers, expiry pass or counters. The most any in-memory store can reach with this harness on this machine; it runs after the recycled row and may reuse its freed memory (its RAM B/op shows how much), which can only help it.");
+    println!("  * in-memory floor: the 2-thread in-memory row's requests, clock readings and responses on a map that does only what any store shared by threads must (benches/floor/memory.rs): a keyed SipHash per identity, 64 mutex-guarded shards, an entry with the identity, fingerprint, token, expiry and response; no leases, takeovers, expiry pass or counters. The most any in-memory store can reach with this harness on this machine.{}", if opts.in_process { " It runs after the recycled row and may reuse its freed memory (its RAM B/op shows how much), which can only help it." } else { "" });
     println!("  * group-commit floor: the same 64 tasks, runtime and timing around a log with no store (benches/floor/group_commit.rs): each task appends its record's bytes and waits; one thread gathers them as idemlog's Sync log does, writes them to a file prepared like the disk rows' and syncs. The most any store can reach with 64 async tasks on this machine.");
     print_records_per_sync(&rows);
     println!("  * Redis: {REDIS_CONNECTIONS} client threads, one connection each, one request at a time per connection (no pipelining); SET key v NX PX {LEASE_TTL_MS} then SET key v XX. Client and server share the machine's cores.");
     println!("  * None floor: the in-memory floor's map with every reserve and complete also written as a whole record (identity, fingerprint, token, expiry, response) behind a length and a CRC-32C to one log file, through a shared buffer that a writer thread writes at 1 MiB or every 10 ms and a caller past 4 MiB, as idemlog's None log does (benches/floor/log.rs); a completed entry keeps its record's offset, not the response. No segments, read-backs or side tables: the most any log-structured store without syncs can reach with this harness on this machine.");
     println!("  * CPU µs/op = CPU time (user + system) of the bench threads per operation: what an operation costs whatever else the machine runs (Redis rows: the client side only). proc µs/op = the whole process's, which adds the threads the system runs itself (idemlog's writer and maintenance threads, sled's flusher) competing for the same cores; for the async row both are the process's.");
     println!("  * RAM B/op = growth of the resident set of the process holding the data (Redis: the server) per request; allocator reuse makes it approximate — benches/footprint.rs measures it carefully.");
+    if !opts.in_process {
+        println!("  * Each run of each row was made by a fresh process of this bench (runs still interleaved across rows), so no row inherits another's freed memory or leftover threads.");
+    }
     println!("  * The machine's cores are shared with other work: figures are noisy, ratios within one run are what count.");
     print_targets(&rows);
 
