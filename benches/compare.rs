@@ -278,6 +278,9 @@ struct Row {
     /// The median run by throughput, or why the row was not measured.
     result: Result<Measured, String>,
     runs: usize,
+    /// Every run's ops/s in the order made, so the spread around the
+    /// median can be read from compare.jsonl.
+    ops_per_s_runs: Vec<f64>,
 }
 
 /// A row to measure: its label and a function doing one run. Runs are
@@ -355,6 +358,7 @@ impl Planned<'_> {
     /// The row, with the median run by throughput.
     fn finish(mut self) -> Row {
         let runs = self.done.len();
+        let ops_per_s_runs = self.done.iter().map(|m| m.ops_per_s.round()).collect();
         let result = match self.not_measured {
             Some(why) => Err(why),
             None if self.done.is_empty() => Err("no run".into()),
@@ -371,6 +375,7 @@ impl Planned<'_> {
             threads: self.threads,
             result,
             runs,
+            ops_per_s_runs,
         }
     }
 }
@@ -1702,6 +1707,7 @@ fn write_jsonl(
             "system": r.system,
             "threads": r.threads,
             "runs": r.runs,
+            "ops_per_s_runs": r.ops_per_s_runs,
             "quick": opts.quick,
             "context": context,
         });
