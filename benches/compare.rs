@@ -1553,6 +1553,11 @@ fn redis_row<'a>(id: &'static str, appendfsync_always: bool, opts: &'a Options) 
 /// The argument that makes this bench a child that runs one row once.
 const CHILD_FLAG: &str = "--child-row";
 
+/// The longest one child may take for its run: many times any row's
+/// budget (a few seconds, after loading or filling for a few more), so only
+/// a hung run reaches it.
+const CHILD_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// The prefix of the child's stdout line that carries its result as JSON.
 const CHILD_RESULT: &str = "idemlog-compare-result ";
 
@@ -1576,12 +1581,37 @@ fn measure_in_child(id: &str, opts: &Options) -> Result<Measured, String> {
     if !opts.redis {
         cmd.arg("--no-redis");
     }
-    let out = cmd
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .output()
+        .spawn()
         .map_err(|e| format!("could not start a child process for row {id}: {e}"))?;
+    // A watchdog kills a child that outlives CHILD_TIMEOUT, so a hung run
+    // fails its row within minutes instead of holding the bench (and CI)
+    // until something else gives up.
+    let pid = child.id().to_string();
+    let (finished, finished_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let timed_out = matches!(
+            finished_rx.recv_timeout(CHILD_TIMEOUT),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        );
+        if timed_out {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        }
+        timed_out
+    });
+    let out = child.wait_with_output();
+    drop(finished);
+    let timed_out = watchdog.join().unwrap_or(false);
+    let out = out.map_err(|e| format!("row {id}'s child process could not be waited for: {e}"))?;
+    if timed_out {
+        return Err(format!(
+            "row {id}'s run did not finish within {} s; its process was killed",
+            CHILD_TIMEOUT.as_secs()
+        ));
+    }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let Some(json) = stdout
         .lines()
