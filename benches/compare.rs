@@ -2020,7 +2020,11 @@ fn print_targets(rows: &[Row]) {
             ceiling("mem-2"),
             "",
         ),
-        ("  share of that CPU in fresh pages", fresh_share(), " %"),
+        (
+            "  of that, fresh pages at first-touch price",
+            fresh_share(),
+            " %",
+        ),
         (
             "in-memory recycled: cores / CPU per pair",
             ceiling("mem-2-recycled"),
@@ -2225,7 +2229,7 @@ fn main() {
     println!("Notes:");
     println!("  * One request = reserve (insert-if-absent of an in-flight record) + complete (300-byte response), fresh 32-byte random key; ops/s for those rows are pairs/s.");
     println!("  * Latency columns: whole request (p50/p99) and its reserve step alone (rsv); for the batched disk rows one call is one batch (one write + one fdatasync).");
-    println!("  * first write to a fresh 4 KiB page: what each page of new memory costs this machine (page fault + zeroing; under a hypervisor possibly a host fault too). Rows that keep every record in memory grow by ~640 B per pair (in-memory) and the page cache by ~600 B per pair (durable): their throughput and p99 include this cost.");
+    println!("  * first write to a fresh 4 KiB page: what each page of new memory costs this machine (page fault + zeroing; under a hypervisor possibly a host fault too). Rows that keep every record in memory grow by ~640 B per pair (in-memory) and the page cache by ~600 B per pair (durable): their throughput and p99 include this cost. The row maps 256 MiB at a time and unmaps it when full, so it prices pages the process has just given back; memory a process keeps can cost more once it has taken a lot (`cargo bench --bench footprint` ends with a probe of memory kept, by 256 MiB step), and then the growing rows pay more per page than this row and the share below says.");
     println!("  * in-memory, memory recycled: the 2-thread in-memory row in its steady state. A fill pass makes records, the store's clock moves past their TTL, one maintenance pass removes them, and the measured pass makes fresh records in the freed memory (RAM B/op ≈ 0), as in a server that has run longer than its TTL.");
     println!(
         "  * Disk limit: one writer overwriting a preallocated, zero-filled {} MiB file from offset 0; reserve record {RESERVE_RECORD_BYTES} B + complete record {COMPLETE_RECORD_BYTES} B = {PAIR_BYTES} B per pair. \

@@ -33,6 +33,13 @@
 //! under TTL churn (`--no-steady` skips it): the same number of records stays
 //! live while old ones expire and maintenance gives their space back, which
 //! is what a long-running server's data directory looks like.
+//!
+//! Last, what fresh memory costs this machine (`--no-fresh` skips it,
+//! `--fresh-gib N` sets how much, default 4): one process writes once to
+//! every 4 KiB page of memory it keeps, 256 MiB at a time, and reports the
+//! time per page of each step. A store that grows (the in-memory store, a
+//! log's page cache) pays this per page it fills; under a hypervisor the
+//! price can change with how much the process has already taken.
 
 mod common;
 
@@ -113,6 +120,11 @@ struct Options {
     deletion: bool,
     /// Set in the child process that measures them.
     deletion_child: bool,
+    /// GiB of fresh memory the last probe writes to; 0 (`--no-fresh`)
+    /// skips it.
+    fresh_gib: usize,
+    /// Set in the child process that probes fresh memory.
+    fresh_child: bool,
 }
 
 fn options() -> Options {
@@ -141,7 +153,94 @@ fn options() -> Options {
         burst_subject: flag("--burst-subject"),
         deletion: !args.iter().any(|a| a == "--no-deletion"),
         deletion_child: args.iter().any(|a| a == "--deletion-child"),
+        fresh_gib: if args.iter().any(|a| a == "--no-fresh") {
+            0
+        } else {
+            flag("--fresh-gib").unwrap_or(4)
+        },
+        fresh_child: args.iter().any(|a| a == "--fresh-child"),
     }
+}
+
+/// The fresh-memory probe writes memory it keeps in steps of this size.
+const FRESH_STEP: usize = 256 << 20;
+/// The unit of a first write: the kernel zeroes (and a hypervisor may have
+/// to back) one page at a time.
+const PAGE: usize = 4096;
+/// A step whose pages cost this many times the first step's marks where
+/// fresh memory got dearer.
+const DEARER: f64 = 3.0;
+
+/// Time per page of each [`FRESH_STEP`] of fresh memory, in order.
+fn measure_fresh_memory(gib: usize) -> Vec<f64> {
+    let steps = gib * (1 << 30) / FRESH_STEP;
+    let mut held: Vec<Vec<u8>> = Vec::with_capacity(steps);
+    let mut us_per_page = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        // Uninitialised, so each page's first write is the one timed; large
+        // enough that the allocator maps it fresh from the kernel.
+        let mut block: Vec<u8> = Vec::with_capacity(FRESH_STEP);
+        let started = Instant::now();
+        for page in block.spare_capacity_mut().chunks_mut(PAGE) {
+            page[0].write(1);
+        }
+        let elapsed = started.elapsed();
+        // The writes must happen although nothing reads them back.
+        std::hint::black_box(&mut block);
+        us_per_page.push(elapsed.as_secs_f64() * 1e6 / (FRESH_STEP / PAGE) as f64);
+        held.push(block);
+    }
+    us_per_page
+}
+
+/// How much fresh memory was taken before a step cost [`DEARER`] times the
+/// first, if one did.
+fn cheap_bytes(us_per_page: &[f64]) -> Option<usize> {
+    let first = *us_per_page.first()?;
+    us_per_page
+        .iter()
+        .position(|us| *us > DEARER * first)
+        .map(|step| step * FRESH_STEP)
+}
+
+fn fresh_one(opts: &Options, jsonl_path: &Path) {
+    let us = measure_fresh_memory(opts.fresh_gib);
+    let (Some(first), Some(last)) = (us.first(), us.last()) else {
+        return;
+    };
+    let steps: Vec<String> = us.iter().map(|u| format!("{u:.1}")).collect();
+    let gib = |bytes: usize| bytes as f64 / f64::from(1u32 << 30);
+    let cheap = cheap_bytes(&us);
+    println!(
+        "\nfresh memory: µs per first write to a 4 KiB page the process keeps, by {} MiB step up to {} GiB: {}",
+        FRESH_STEP >> 20,
+        opts.fresh_gib,
+        steps.join(" ")
+    );
+    match cheap {
+        Some(bytes) => println!(
+            "  the first {:.2} GiB cost {first:.2} µs a page; past that, steps cost over {DEARER}× as much \
+             (the last {last:.2} µs, {:.1}×): a store that grows that far pays the dearer price per page",
+            gib(bytes),
+            last / first
+        ),
+        None => println!(
+            "  every step cost under {DEARER}× the first ({first:.2} µs a page; the last {last:.2} µs)"
+        ),
+    }
+    println!(
+        "  (memory another process freed moments before can make more of it cheap: \
+         run it on a quiet machine to read the machine's own figure)"
+    );
+    append_line(
+        jsonl_path,
+        &serde_json::json!({
+            "system": "machine: fresh memory kept",
+            "step_bytes": FRESH_STEP,
+            "us_per_page_by_step": us,
+            "cheap_bytes": cheap,
+        }),
+    );
 }
 
 struct Footprint {
@@ -949,6 +1048,10 @@ fn main() {
         deletion_one(&opts, &jsonl_path);
         return;
     }
+    if opts.fresh_child {
+        fresh_one(&opts, &jsonl_path);
+        return;
+    }
     println!(
         "footprint: {} completed records, {} B responses, 32 B keys; machine: {}; files on {}",
         common::thousands(opts.records as f64),
@@ -1043,6 +1146,12 @@ fn main() {
     }
     if opts.steady && durable_chosen {
         child("steady state", &["--steady-child"]);
+    }
+    if opts.fresh_gib > 0 {
+        child(
+            "fresh memory",
+            &["--fresh-child", "--fresh-gib", &opts.fresh_gib.to_string()],
+        );
     }
     println!(
         "RAM B/record = growth of the measuring process's resident set (VmRSS) over the load / records; \
