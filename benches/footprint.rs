@@ -35,7 +35,8 @@
 //! is what a long-running server's data directory looks like.
 //!
 //! Last, what fresh memory costs this machine (`--no-fresh` skips it,
-//! `--fresh-gib N` sets how much, default 4): one process writes once to
+//! `--fresh-gib N` sets how much, default 4, at most half of what the
+//! machine has available): one process writes once to
 //! every 4 KiB page of memory it keeps, 256 MiB at a time, and reports the
 //! time per page of each step. A store that grows (the in-memory store, a
 //! log's page cache) pays this per page it fills; under a hypervisor the
@@ -204,24 +205,45 @@ fn cheap_bytes(us_per_page: &[f64]) -> Option<usize> {
 }
 
 fn fresh_one(opts: &Options, jsonl_path: &Path) {
-    let us = measure_fresh_memory(opts.fresh_gib);
+    // Kept memory is not given back until the probe ends: take at most half
+    // of what the machine has free, so the probe cannot push it into
+    // swapping or the OOM killer.
+    let gib = match common::available_memory_bytes() {
+        Some(free) => {
+            let fits = usize::try_from((free / 2) >> 30).unwrap_or(usize::MAX);
+            if fits < opts.fresh_gib {
+                println!(
+                    "\nfresh memory: {} GiB asked, {fits} GiB taken (half of the {:.1} GiB available)",
+                    opts.fresh_gib,
+                    free as f64 / f64::from(1u32 << 30)
+                );
+            }
+            opts.fresh_gib.min(fits)
+        }
+        None => opts.fresh_gib,
+    };
+    if gib == 0 {
+        println!("\nfresh memory: skipped, less than 2 GiB available");
+        return;
+    }
+    let us = measure_fresh_memory(gib);
     let (Some(first), Some(last)) = (us.first(), us.last()) else {
         return;
     };
     let steps: Vec<String> = us.iter().map(|u| format!("{u:.1}")).collect();
-    let gib = |bytes: usize| bytes as f64 / f64::from(1u32 << 30);
+    let in_gib = |bytes: usize| bytes as f64 / f64::from(1u32 << 30);
     let cheap = cheap_bytes(&us);
     println!(
         "\nfresh memory: µs per first write to a 4 KiB page the process keeps, by {} MiB step up to {} GiB: {}",
         FRESH_STEP >> 20,
-        opts.fresh_gib,
+        gib,
         steps.join(" ")
     );
     match cheap {
         Some(bytes) => println!(
             "  the first {:.2} GiB cost {first:.2} µs a page; past that, steps cost over {DEARER}× as much \
              (the last {last:.2} µs, {:.1}×): a store that grows that far pays the dearer price per page",
-            gib(bytes),
+            in_gib(bytes),
             last / first
         ),
         None => println!(

@@ -138,6 +138,15 @@ pub fn rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Memory the kernel estimates it can give new allocations without
+/// swapping (MemAvailable from /proc/meminfo), if readable.
+pub fn available_memory_bytes() -> Option<u64> {
+    let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Bytes allocated on disk under `dir` (st_blocks × 512, recursively): what
 /// the data really occupies, preallocation included.
 pub fn disk_bytes(dir: &Path) -> u64 {
