@@ -65,7 +65,7 @@ pub struct Acquisition {
     expires_at: Timestamp,
     token: u64,
     attempts: u32,
-    checkpoint: Option<Bytes>,
+    checkpoint: Option<Box<Bytes>>,
 }
 
 impl Acquisition {
@@ -81,7 +81,7 @@ impl Acquisition {
 
     /// The checkpoint carried over from an earlier attempt.
     pub fn checkpoint(&self) -> Option<&Bytes> {
-        self.checkpoint.as_ref()
+        self.checkpoint.as_deref()
     }
 
     /// The in-flight record of `key`.
@@ -256,7 +256,7 @@ pub fn extended_record(held: &Record, now: Timestamp, lease: Duration, ttl: Dura
 /// The record after `checkpoint`.
 pub fn checkpointed_record(held: &Record, checkpoint: Bytes) -> Record {
     Record {
-        checkpoint: Some(checkpoint),
+        checkpoint: Some(Box::new(checkpoint)),
         ..held.clone()
     }
 }
@@ -333,7 +333,7 @@ mod tests {
         assert_eq!(next.attempts, 2);
         assert_eq!(next.token, 8);
         assert_eq!(next.created_at, t(0));
-        assert_eq!(next.checkpoint.as_deref(), Some(&b"phase-2"[..]));
+        assert_eq!(next.checkpoint(), Some(&Bytes::from_static(b"phase-2")));
         assert_eq!(next.lease_until(), Some(t(130_000)));
         let fresh = acquired_record(Some(&r), false, &key(), &fp, t(70_000), LEASE, TTL, 9);
         assert_eq!((fresh.attempts, fresh.checkpoint.clone()), (1, None));

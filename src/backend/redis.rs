@@ -425,7 +425,7 @@ fn decode_record(key: &IdempotencyKey, v: &[Value]) -> Result<Record> {
         token: uint(field(v, 6)?)?,
         attempts: attempts(field(v, 7)?)?,
         replays: uint(field(v, 8)?)?,
-        checkpoint,
+        checkpoint: checkpoint.map(Box::new),
     })
 }
 

@@ -618,7 +618,7 @@ pub(crate) fn decode(value: &[u8]) -> Result<Record> {
         token,
         attempts,
         replays,
-        checkpoint,
+        checkpoint: checkpoint.map(Box::new),
     })
 }
 
@@ -676,7 +676,7 @@ mod tests {
             token: u64::MAX - 1,
             attempts: 3,
             replays: 9,
-            checkpoint: checkpoint.map(Bytes::from_static),
+            checkpoint: checkpoint.map(|c| Box::new(Bytes::from_static(c))),
         }
     }
 

@@ -178,7 +178,7 @@ pub(crate) fn encode_put(out: &mut Vec<u8>, r: &Record) {
             response,
         } => (1, *completed_at, response),
     };
-    let checkpoint: &[u8] = r.checkpoint.as_deref().unwrap_or(&[]);
+    let checkpoint: &[u8] = r.checkpoint.as_deref().map_or(&[], |c| &c[..]);
     let scope = r.key.scope();
     let key = r.key.key_bytes();
     // The fixed fields are assembled on the stack and appended at once:
@@ -381,7 +381,7 @@ pub(crate) fn decode_put(p: &[u8]) -> Result<Record, &'static str> {
         token: u64_at(p, 8),
         attempts: u32_at(p, 4),
         replays: 0,
-        checkpoint: (p[3] == 1).then(|| Bytes::copy_from_slice(checkpoint)),
+        checkpoint: (p[3] == 1).then(|| Box::new(Bytes::copy_from_slice(checkpoint))),
     })
 }
 
@@ -404,7 +404,7 @@ mod tests {
             Duration::from_secs(3600),
             77,
         );
-        r.checkpoint = checkpoint.map(Bytes::from_static);
+        r.checkpoint = checkpoint.map(|c| Box::new(Bytes::from_static(c)));
         if let Some(body) = response {
             r = crate::decision::completed_record(
                 &r,
