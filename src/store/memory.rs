@@ -13,13 +13,27 @@ use crate::record::Record;
 /// A table entry. The record lives in its shard's [`RecordSlab`]: a
 /// `Record` is about 200 bytes and a hash table runs up to half empty after
 /// it doubles, so inline records would cost ~450 B of table per record at
-/// 1 M records and every doubling would move them all. A table entry is 24
-/// bytes. The expiry is copied next to the hash so a maintenance pass reads
-/// the table only, not every record.
+/// 1 M records and every doubling would move them all. A table entry is 16
+/// bytes: the low half of the identity's table hash (see [`bucket_hash`]),
+/// the record's place and its expiry, copied next to the hash so a
+/// maintenance pass reads the table only, not every record.
 struct Slot {
-    hash: u64,
-    expires_at: Timestamp,
+    hash: u32,
     at: SlabIndex,
+    expires_at: Timestamp,
+}
+
+/// The low 32 bits of an identity's table hash: what a [`Slot`] keeps.
+fn slot_hash(table: u64) -> u32 {
+    table as u32
+}
+
+/// What the table hashes a slot by: its 32 bits twice over, so that
+/// hashbrown's bucket (its low bits) and control tag (its top 7 bits) both
+/// come from them, exactly as from the identity's full hash for tables of
+/// up to 2^25 buckets per shard.
+fn bucket_hash(hash: u32) -> u64 {
+    u64::from(hash) << 32 | u64::from(hash)
 }
 
 struct Shard {
@@ -178,13 +192,15 @@ fn touched_table(capacity: usize) -> HashTable<Slot> {
     let mut table = HashTable::with_capacity(capacity);
     let filler = Slot {
         hash: 0,
-        expires_at: Timestamp::ZERO,
         at: SlabIndex::default(),
+        expires_at: Timestamp::ZERO,
     };
     // Spread over every bucket, up to the capacity, which never grows it.
-    for i in 0..table.capacity() as u64 {
-        let hash = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        table.insert_unique(hash, Slot { hash, ..filler }, |s| s.hash);
+    for i in 0..table.capacity() as u32 {
+        let hash = i.wrapping_mul(0x9E37_79B9);
+        table.insert_unique(bucket_hash(hash), Slot { hash, ..filler }, |s| {
+            bucket_hash(s.hash)
+        });
     }
     table.clear();
     table
@@ -401,7 +417,7 @@ impl ShardSweep {
             };
             *layout += 1;
             for slot in table.drain() {
-                smaller.insert_unique(slot.hash, slot, |s| s.hash);
+                smaller.insert_unique(bucket_hash(slot.hash), slot, |s| bucket_hash(s.hash));
             }
             let old = std::mem::replace(table, smaller);
             let bucket_bytes = std::mem::size_of::<Slot>() + 1;
@@ -453,10 +469,11 @@ impl Engine for MemoryEngine {
             ..
         } = &mut *guard;
         let framed = id.key.framed();
+        let hash = slot_hash(id.hash.table);
         let entry = table.entry(
-            id.hash.table,
-            |s| s.hash == id.hash.table && records.key(s.at) == framed,
-            |s| s.hash,
+            bucket_hash(hash),
+            |s| s.hash == hash && records.key(s.at) == framed,
+            |s| bucket_hash(s.hash),
         );
         let expires_at = match entry {
             Entry::Occupied(mut occupied) => {
@@ -505,9 +522,9 @@ impl Engine for MemoryEngine {
                 let expires_at = record.expires_at;
                 let at = records.insert(record);
                 vacant.insert(Slot {
-                    hash: id.hash.table,
-                    expires_at,
+                    hash,
                     at,
+                    expires_at,
                 });
                 expires_at
             }
@@ -519,10 +536,11 @@ impl Engine for MemoryEngine {
     fn get(&self, id: Identity<'_>) -> Result<(Option<Record>, Wait)> {
         let shard = self.shard(&id).lock();
         let framed = id.key.framed();
+        let hash = slot_hash(id.hash.table);
         let record = shard
             .table
-            .find(id.hash.table, |s| {
-                s.hash == id.hash.table && shard.records.key(s.at) == framed
+            .find(bucket_hash(hash), |s| {
+                s.hash == hash && shard.records.key(s.at) == framed
             })
             .map(|s| Record::clone(shard.records.get(s.at)));
         Ok((record, Wait::Ready))
@@ -872,11 +890,13 @@ mod tests {
             read: impl FnOnce(&super::Shard, &super::Slot, usize) -> T,
         ) -> Option<T> {
             let key = self.key(i);
-            let hash = self.hash(i).table;
+            let hash = super::slot_hash(self.hash(i).table);
             let shard = self.engine.shards[0].lock();
-            let bucket = shard.table.find_bucket_index(hash, |s| {
-                s.hash == hash && shard.records.key(s.at) == key.framed()
-            })?;
+            let bucket = shard
+                .table
+                .find_bucket_index(super::bucket_hash(hash), |s| {
+                    s.hash == hash && shard.records.key(s.at) == key.framed()
+                })?;
             let slot = shard.table.get_bucket(bucket)?;
             Some(read(&shard, slot, bucket))
         }
@@ -1077,7 +1097,7 @@ mod tests {
     #[test]
     fn the_layout_counter_moves_before_any_entry_does() {
         let mut direct = Direct::new();
-        let mut buckets_of: std::collections::HashMap<u64, usize> = Default::default();
+        let mut buckets_of: std::collections::HashMap<u32, usize> = Default::default();
         let (grown, in_place) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
         let mut write = |direct: &mut Direct, op: &dyn Fn(&mut Direct)| {
             let (layout, num_buckets) = {
@@ -1124,7 +1144,9 @@ mod tests {
             next += 300;
             for (j, &i) in run.iter().enumerate() {
                 let bucket = round * 300 + j as u64;
-                direct.forced.insert(i, ((i as u64 % 128) << 57) | bucket);
+                // The slot's 32 bits: the control tag from the top 7 of
+                // them, the bucket from the low ones (`bucket_hash`).
+                direct.forced.insert(i, ((i as u64 % 128) << 25) | bucket);
                 write(&mut direct, &|d| d.put(i, 100));
             }
             for &i in &run {
@@ -1367,6 +1389,13 @@ mod tests {
         direct.assert_consistent();
     }
 
+    /// Every live record has a table entry, and a table runs up to half
+    /// empty after it doubles: each byte of an entry costs ~2 per record.
+    #[test]
+    fn a_table_entry_is_16_bytes() {
+        assert_eq!(std::mem::size_of::<super::Slot>(), 16);
+    }
+
     /// The table made for a rebuild is empty, holds what it was made for
     /// without growing, and has had its memory written.
     #[test]
@@ -1374,13 +1403,13 @@ mod tests {
         let mut table = super::touched_table(5_000);
         assert!(table.is_empty() && table.capacity() >= 5_000);
         let buckets = table.num_buckets();
-        for i in 0..5_000u64 {
+        for i in 0..5_000u32 {
             let slot = super::Slot {
                 hash: i,
-                expires_at: at(1),
                 at: super::SlabIndex::default(),
+                expires_at: at(1),
             };
-            table.insert_unique(i, slot, |s| s.hash);
+            table.insert_unique(super::bucket_hash(i), slot, |s| super::bucket_hash(s.hash));
         }
         assert_eq!(table.num_buckets(), buckets);
         assert_eq!(table.len(), 5_000);

@@ -32,11 +32,33 @@
 
 use crate::record::Record;
 
-/// Where a record is in a [`RecordSlab`].
+/// Where a record is in a [`RecordSlab`]: its chunk, and its offset in the
+/// chunk in the low [`OFFSET_BITS`], in 32 bits so that the in-memory
+/// store's table entry stays 16 bytes. A chunk has at most
+/// [`LARGEST_CHUNK`] places; the 2^24 chunks left hold 4 G records in one
+/// shard, ~790 GB of records, beyond any machine that keeps them in memory.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub(super) struct SlabIndex {
-    chunk: u32,
-    offset: u32,
+pub(super) struct SlabIndex(u32);
+
+/// Bits of a [`SlabIndex`] that hold the offset.
+const OFFSET_BITS: u32 = 8;
+const _: () = assert!(LARGEST_CHUNK <= 1 << OFFSET_BITS);
+/// Chunks a slab can index.
+const MAX_CHUNKS: usize = 1 << (32 - OFFSET_BITS);
+
+impl SlabIndex {
+    fn new(chunk: u32, offset: u32) -> Self {
+        debug_assert!((chunk as usize) < MAX_CHUNKS && offset < 1 << OFFSET_BITS);
+        SlabIndex(chunk << OFFSET_BITS | offset)
+    }
+
+    fn chunk(self) -> u32 {
+        self.0 >> OFFSET_BITS
+    }
+
+    fn offset(self) -> u32 {
+        self.0 & ((1 << OFFSET_BITS) - 1)
+    }
 }
 
 /// What [`RecordSlab::relocate`] did.
@@ -133,14 +155,14 @@ fn free_places(len: usize) -> Places {
 
 impl RecordSlab {
     pub(super) fn get(&self, at: SlabIndex) -> &Record {
-        match &self.chunks[at.chunk as usize].places[at.offset as usize] {
+        match &self.chunks[at.chunk() as usize].places[at.offset() as usize] {
             Place::Held(r) => r,
             Place::Free { .. } => unreachable!("a table entry points at a free slab place"),
         }
     }
 
     pub(super) fn get_mut(&mut self, at: SlabIndex) -> &mut Record {
-        match &mut self.chunks[at.chunk as usize].places[at.offset as usize] {
+        match &mut self.chunks[at.chunk() as usize].places[at.offset() as usize] {
             Place::Held(r) => r,
             Place::Free { .. } => unreachable!("a table entry points at a free slab place"),
         }
@@ -156,8 +178,8 @@ impl RecordSlab {
             Some(&chunk) => self.take_freed_place(chunk),
             None => self.next_fresh_place(),
         };
-        let chunk = &mut self.chunks[at.chunk as usize];
-        chunk.places[at.offset as usize] = Place::Held(record);
+        let chunk = &mut self.chunks[at.chunk() as usize];
+        chunk.places[at.offset() as usize] = Place::Held(record);
         chunk.live += 1;
         self.live += 1;
         at
@@ -176,7 +198,7 @@ impl RecordSlab {
             c.listed = false;
             self.with_room.pop();
         }
-        SlabIndex { chunk, offset }
+        SlabIndex::new(chunk, offset)
     }
 
     /// The open chunk and the places it has handed out, if it has one
@@ -193,10 +215,7 @@ impl RecordSlab {
             None => (self.allocate_chunk(), 0),
         };
         self.open = Some((chunk, used + 1));
-        SlabIndex {
-            chunk,
-            offset: used as u32,
-        }
+        SlabIndex::new(chunk, used as u32)
     }
 
     fn allocate_chunk(&mut self) -> u32 {
@@ -225,6 +244,9 @@ impl RecordSlab {
                 i
             }
             None => {
+                // Out of memory long before (see `SlabIndex`); a wrapped
+                // index would hand out another record's place.
+                assert!(self.chunks.len() < MAX_CHUNKS, "a slab indexes 2^24 chunks");
                 self.chunks.push(chunk);
                 (self.chunks.len() - 1) as u32
             }
@@ -234,8 +256,8 @@ impl RecordSlab {
     /// Takes the record at `at` out, freeing its place (or its chunk, when
     /// it was the last record of an evacuating one).
     pub(super) fn remove(&mut self, at: SlabIndex) -> Option<Record> {
-        let chunk = &mut self.chunks[at.chunk as usize];
-        let place = &mut chunk.places[at.offset as usize];
+        let chunk = &mut self.chunks[at.chunk() as usize];
+        let place = &mut chunk.places[at.offset() as usize];
         if matches!(place, Place::Free { .. }) {
             debug_assert!(false, "a table entry points at a free slab place");
             return None;
@@ -246,17 +268,17 @@ impl RecordSlab {
         let Place::Held(record) = std::mem::replace(place, freed) else {
             unreachable!("the place was checked to be taken")
         };
-        chunk.first_free = at.offset;
+        chunk.first_free = at.offset();
         chunk.live -= 1;
         self.live -= 1;
         if !chunk.evacuating {
             if !chunk.listed {
                 chunk.listed = true;
-                self.with_room.push(at.chunk);
+                self.with_room.push(at.chunk());
             }
         } else if chunk.live == 0 {
             self.evacuating -= 1;
-            self.free_chunk(at.chunk);
+            self.free_chunk(at.chunk());
         }
         Some(record)
     }
@@ -286,7 +308,7 @@ impl RecordSlab {
     /// per call (a sweep step at 10 M records held the lock 4–36 ms for
     /// that).
     pub(super) fn relocate(&mut self, at: SlabIndex, spare: &mut Option<Places>) -> Relocated {
-        if !self.chunks[at.chunk as usize].evacuating {
+        if !self.chunks[at.chunk() as usize].evacuating {
             return Relocated::Stays;
         }
         if self.with_room.is_empty() && self.open_with_room().is_none() {
@@ -674,7 +696,7 @@ pub(super) mod tests {
     fn a_move_with_no_place_ready_waits_for_a_spare_chunk() {
         let mut slab = RecordSlab::default();
         let mut at: Vec<SlabIndex> = (0..8_000).map(|i| slab.insert(record(i))).collect();
-        for a in at.drain(..).skip(1).filter(|a| a.offset % 64 != 0) {
+        for a in at.drain(..).skip(1).filter(|a| a.offset() % 64 != 0) {
             slab.remove(a).unwrap();
         }
         plan(&mut slab);
@@ -696,10 +718,7 @@ pub(super) mod tests {
                     .iter()
                     .position(|p| matches!(p, Place::Held(_)))
                     .unwrap();
-                SlabIndex {
-                    chunk: i as u32,
-                    offset: offset as u32,
-                }
+                SlabIndex::new(i as u32, offset as u32)
             })
             .expect("a marked chunk with a record");
         let token_before = token(&slab, marked);
@@ -724,7 +743,7 @@ pub(super) mod tests {
         let mut slab = RecordSlab::default();
         // Two full chunks: 16 places, then 32.
         let at: Vec<SlabIndex> = (0..48).map(|i| slab.insert(record(i))).collect();
-        assert_eq!((at[15].chunk, at[16].chunk, at[47].chunk), (0, 1, 1));
+        assert_eq!((at[15].chunk(), at[16].chunk(), at[47].chunk()), (0, 1, 1));
         for i in [1, 5, 9, 20, 30] {
             slab.remove(at[i]).unwrap();
         }
@@ -737,7 +756,7 @@ pub(super) mod tests {
         }
         let expected: Vec<SlabIndex> = [30, 20, 9, 5, 1].iter().map(|&i| at[i]).collect();
         assert_eq!(handed_out[..5], expected[..]);
-        assert_eq!(handed_out[5].chunk, 2, "then a new chunk");
+        assert_eq!(handed_out[5].chunk(), 2, "then a new chunk");
         assert!(slab.with_room.is_empty());
         for (i, a) in handed_out.iter().enumerate() {
             assert_eq!(token(&slab, *a), 100 + i as u64 + 1);
