@@ -1443,9 +1443,7 @@ impl RedisServer {
 
     /// The server's resident memory.
     fn rss_bytes(&self) -> Option<u64> {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+        common::proc_kib_field(&format!("/proc/{}/status", self.child.id()), "VmRSS:")
     }
 }
 
@@ -1767,6 +1765,15 @@ fn write_jsonl(
     Ok(path)
 }
 
+/// A target's verdict: met, missed, or not measured.
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "PASS",
+        Some(false) => "MISS",
+        None => "-",
+    }
+}
+
 /// The targets, each as a measured figure against a threshold.
 fn print_targets(rows: &[Row]) {
     let get = |id: &str| {
@@ -1881,11 +1888,7 @@ fn print_targets(rows: &[Row]) {
         let got = value.map_or("not measured".to_string(), |v| {
             format!("{}{unit}", fmt_num(v))
         });
-        let verdict = match pass {
-            Some(true) => "PASS",
-            Some(false) => "MISS",
-            None => "-",
-        };
+        let verdict = verdict(pass);
         println!("  {name:<45} {want:>14}   measured {got:>14}   {verdict}");
     }
     // Two of the rows name alternatives: "in-memory or `None`" and
@@ -1960,11 +1963,7 @@ fn print_targets(rows: &[Row]) {
             ));
             met = Some(met.unwrap_or(false) || passed == judged.len());
         }
-        let verdict = match met {
-            Some(true) => "PASS",
-            Some(false) => "MISS",
-            None => "-",
-        };
+        let verdict = verdict(met);
         println!("  {row:<30} {:<66} {verdict}", parts.join("; "));
     }
     // What bounds the Sync-64 target on this machine: the same tasks around

@@ -132,17 +132,19 @@ pub fn filesystem_of(path: &Path) -> String {
 /// Resident set size of this process in bytes (VmRSS from
 /// /proc/self/status, which is page-size independent), if readable.
 pub fn rss_bytes() -> Option<u64> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    proc_kib_field("/proc/self/status", "VmRSS:")
 }
 
 /// Memory the kernel estimates it can give new allocations without
 /// swapping (MemAvailable from /proc/meminfo), if readable.
 pub fn available_memory_bytes() -> Option<u64> {
-    let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    proc_kib_field("/proc/meminfo", "MemAvailable:")
+}
+
+/// The bytes of a `NAME: N kB` line of a /proc file, if readable.
+pub fn proc_kib_field(file: &str, name: &str) -> Option<u64> {
+    let text = fs::read_to_string(file).ok()?;
+    let line = text.lines().find(|l| l.starts_with(name))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
