@@ -725,6 +725,8 @@ struct Deletion {
     /// Of those, freed whole on close rather than cut down in steps.
     segments_freed_whole: u64,
     pass_secs: f64,
+    /// Of the pass, time spent resting between cuts.
+    rested_secs: f64,
     /// Pairs per second, quiet and during the pass.
     pairs_per_s: [f64; 2],
     /// Pair latency p99 and longest, µs, quiet and during the pass.
@@ -829,6 +831,7 @@ fn measure_deletion(subject: &Subject, opts: &Options) -> Result<Deletion, Strin
         segments_deleted: report.segments_deleted,
         segments_freed_whole: report.segments_freed_whole,
         pass_secs,
+        rested_secs: report.rested.as_secs_f64(),
         pairs_per_s: [
             quiet.len() as f64 / quiet_secs,
             during.len() as f64 / pass_secs,
@@ -847,10 +850,11 @@ fn deletion_one(opts: &Options, jsonl_path: &Path) {
     match measure_deletion(&subject, opts) {
         Ok(d) => {
             println!(
-                "{:<24} {:>9} {:>9.1} {:>22} {:>22} {:>26}",
+                "{:<24} {:>9} {:>9.1} {:>11.1} {:>22} {:>22} {:>26}",
                 subject.name,
                 d.segments_deleted,
                 d.pass_secs * 1e3,
+                d.rested_secs * 1e3,
                 format!(
                     "{} / {}",
                     common::thousands(d.pairs_per_s[0]),
@@ -867,6 +871,7 @@ fn deletion_one(opts: &Options, jsonl_path: &Path) {
                 "segments_deleted": d.segments_deleted,
                 "segments_freed_whole": d.segments_freed_whole,
                 "pass_s": d.pass_secs,
+                "rested_s": d.rested_secs,
                 "quiet_pairs_per_s": d.pairs_per_s[0].round(),
                 "pass_pairs_per_s": d.pairs_per_s[1].round(),
                 "quiet_p99_us": d.p99_us[0],
@@ -1151,15 +1156,17 @@ fn main() {
         println!(
             "\nsync writes beside segment deletion: {} records loaded, the store reopened with Sync; \
              {DELETION_WRITERS} threads make fresh Sync pairs, timed for {:.1} s on a quiet store, \
-             then while one pass expires every loaded record and deletes their segments",
+             then while one pass expires every loaded record and deletes their segments \
+             (resting between the cuts that give a deleted segment's blocks back: rested ms)",
             common::thousands(opts.records as f64),
             DELETION_QUIET.as_secs_f64(),
         );
         println!(
-            "{:<24} {:>9} {:>9} {:>22} {:>22} {:>26}",
+            "{:<24} {:>9} {:>9} {:>11} {:>22} {:>22} {:>26}",
             "store",
             "deleted",
             "pass ms",
+            "rested ms",
             "pairs/s quiet / pass",
             "p99 µs quiet / pass",
             "max µs quiet / pass"

@@ -358,6 +358,10 @@ impl Engine for LogEngine {
         stats
     }
 
+    fn hurry(&self) {
+        self.log.hurry();
+    }
+
     fn flush(&self) -> Result<()> {
         self.log.flush()
     }

@@ -140,6 +140,7 @@ pub(super) fn maintain(engine: &LogEngine, now: Timestamp) -> Result<Maintenance
         let deleted = engine.log.delete_segment(id)?;
         report.bytes_reclaimed += deleted.bytes;
         report.segments_freed_whole += u64::from(deleted.freed_whole);
+        report.rested += deleted.rested;
         report.segments_deleted += 1;
     }
     Ok(report)

@@ -131,6 +131,9 @@ pub(crate) struct Log {
     /// The writer thread, unparked when the tasks it gathers are back.
     writer_thread: OnceLock<Thread>,
     poison: Poison,
+    /// The store is closing: a pass deleting segments stops resting
+    /// between cuts (see [`Log::rest_after_cut`]).
+    hurrying: AtomicBool,
     pub(crate) segments: RwLock<BTreeMap<u32, Arc<Segment>>>,
     bytes_on_disk: AtomicU64,
     /// Largest fencing token written, per index shard (stored under the
@@ -214,6 +217,7 @@ impl Log {
             blocking_waiters: AtomicUsize::new(0),
             writer_thread: OnceLock::new(),
             poison: Poison::default(),
+            hurrying: AtomicBool::new(false),
             segments: RwLock::new(segments),
             bytes_on_disk: AtomicU64::new(bytes_on_disk),
             max_tokens,
@@ -779,8 +783,9 @@ impl Log {
 
     /// Deletes a segment file that holds nothing live; the deletion is made
     /// durable before returning so that deletions reach the disk oldest
-    /// first. Then gives the file's blocks back in steps (see
-    /// [`release_in_steps`]), unless the durability is `None`: there the
+    /// first. Then gives the file's blocks back in steps, resting between
+    /// them (see [`release_in_steps`], [`Log::rest_after_cut`]), unless the
+    /// durability is `None`: there the
     /// removal is never synced, and a power cut could bring the name back
     /// on a file cut short, which recovery would refuse as damaged.
     pub(crate) fn delete_segment(&self, id: u32) -> Result<Deleted> {
@@ -799,11 +804,31 @@ impl Log {
             }
         }
         self.bytes_on_disk.fetch_sub(seg.size, Ordering::Relaxed);
-        let cut = self.syncs_enabled() && release_in_steps(&*seg.file, seg.size);
+        let mut rested = Duration::ZERO;
+        let cut = self.syncs_enabled()
+            && release_in_steps(&*seg.file, seg.size, |took| {
+                let rest = self.rest_after_cut(took);
+                std::thread::sleep(rest);
+                rested += rest;
+            });
         Ok(Deleted {
             bytes: seg.size,
             freed_whole: !cut,
+            rested,
         })
+    }
+
+    /// How long a pass deleting a segment rests after a cut that took
+    /// `took`: as long again (at most [`MAX_CUT_REST`]), so that giving
+    /// blocks back holds the disk half the time at most; not at all once
+    /// the store is closing, whose last handle waits for the pass.
+    fn rest_after_cut(&self, took: Duration) -> Duration {
+        cut_rest(took, self.hurrying.load(Ordering::Relaxed))
+    }
+
+    /// The store is closing: a pass under way finishes without resting.
+    pub(crate) fn hurry(&self) {
+        self.hurrying.store(true, Ordering::Relaxed);
     }
 
     pub(crate) fn bytes_on_disk(&self) -> u64 {
@@ -827,6 +852,8 @@ pub(crate) struct Deleted {
     pub(crate) bytes: u64,
     /// Its blocks were left to be freed all at once when it closed.
     pub(crate) freed_whole: bool,
+    /// Time spent resting between its cuts.
+    pub(crate) rested: Duration,
 }
 
 /// Bytes of a deleted segment given back per truncation. Closing a deleted
@@ -841,19 +868,46 @@ pub(crate) struct Deleted {
 /// in docs/BENCHMARKS.md, sixteenth session).
 const RELEASE_STEP: u64 = 1 << 18;
 
+/// The longest rest after one cut. Back to back, the cuts still kept
+/// `Sync` writers to a quarter of their quiet rate on a VM whose disk took
+/// each cut's discard slowly (0.5–1 ms); resting as long as each cut took
+/// kept them at 0.55–0.93 of it, and the pass took about three times as
+/// long (docs/BENCHMARKS.md, twenty-first session). The bound keeps one
+/// stalled cut from stopping the pass for long.
+const MAX_CUT_REST: Duration = Duration::from_millis(100);
+
+/// The rest after a cut that took `took`; none when `hurrying`.
+fn cut_rest(took: Duration, hurrying: bool) -> Duration {
+    if hurrying {
+        Duration::ZERO
+    } else {
+        took.min(MAX_CUT_REST)
+    }
+}
+
 /// Cuts a deleted segment's file down to nothing, [`RELEASE_STEP`] bytes at
 /// a time, before it is closed; false if a cut failed, leaving the rest to
 /// the close. The file has no name and its removal is durable, so nothing
 /// reads it again, and a crash midway leaves nothing behind on a local
 /// file system (ext4, XFS and btrfs free an unlinked file's blocks when
 /// they mount, or their check does).
-fn release_in_steps(file: &dyn FileHandle, created_len: u64) -> bool {
+///
+/// `rest` is called between two cuts with the time the first took.
+fn release_in_steps(
+    file: &dyn FileHandle,
+    created_len: u64,
+    mut rest: impl FnMut(Duration),
+) -> bool {
     // The file's own length, in case it grew past what it was created with.
     let mut len = file.size().unwrap_or(created_len);
     while len > 0 {
         len = len.saturating_sub(RELEASE_STEP);
+        let started = Instant::now();
         if file.truncate(len).is_err() {
             return false;
+        }
+        if len > 0 {
+            rest(started.elapsed());
         }
     }
     true
@@ -1033,6 +1087,77 @@ mod tests {
         // Callers that left meanwhile lower the bar.
         assert!(gathered(40, 41));
         assert!(gathered(0, 0));
+    }
+
+    #[test]
+    fn a_cut_is_followed_by_as_long_a_rest_unless_the_store_is_closing() {
+        let ms = Duration::from_millis;
+        assert_eq!(cut_rest(ms(1), false), ms(1));
+        assert_eq!(cut_rest(Duration::ZERO, false), Duration::ZERO);
+        assert_eq!(cut_rest(ms(10_000), false), MAX_CUT_REST);
+        assert_eq!(cut_rest(ms(1), true), Duration::ZERO);
+        assert_eq!(cut_rest(ms(10_000), true), Duration::ZERO);
+    }
+
+    /// A file that records its cuts and can fail the n-th.
+    #[derive(Debug)]
+    struct CutFile {
+        len: parking_lot::Mutex<u64>,
+        cuts: parking_lot::Mutex<Vec<u64>>,
+        fail_at: usize,
+    }
+
+    impl FileHandle for CutFile {
+        fn read_exact_at(&self, _: &mut [u8], _: u64) -> std::io::Result<()> {
+            unreachable!("a deleted segment is not read")
+        }
+        fn write_all_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
+            unreachable!("a deleted segment is not written")
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            unreachable!("a deleted segment is not synced")
+        }
+        fn size(&self) -> std::io::Result<u64> {
+            Ok(*self.len.lock())
+        }
+        fn allocate(&self, _: u64) -> std::io::Result<()> {
+            unreachable!("a deleted segment is not grown")
+        }
+        fn truncate(&self, len: u64) -> std::io::Result<()> {
+            let mut cuts = self.cuts.lock();
+            if cuts.len() + 1 == self.fail_at {
+                return Err(std::io::Error::other("injected"));
+            }
+            cuts.push(len);
+            *self.len.lock() = len;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_deleted_segment_is_cut_in_steps_with_a_rest_between_two_cuts() {
+        let len = 3 * RELEASE_STEP + 12_345;
+        let file = CutFile {
+            len: parking_lot::Mutex::new(len),
+            cuts: parking_lot::Mutex::new(Vec::new()),
+            fail_at: usize::MAX,
+        };
+        let mut rests = 0;
+        assert!(release_in_steps(&file, len, |_| rests += 1));
+        let want = vec![2 * RELEASE_STEP + 12_345, RELEASE_STEP + 12_345, 12_345, 0];
+        assert_eq!(*file.cuts.lock(), want);
+        assert_eq!(rests, 3, "a rest between two cuts, none after the last");
+
+        // A failed cut ends the release without a rest after it.
+        let file = CutFile {
+            len: parking_lot::Mutex::new(len),
+            cuts: parking_lot::Mutex::new(Vec::new()),
+            fail_at: 3,
+        };
+        let mut rests = 0;
+        assert!(!release_in_steps(&file, len, |_| rests += 1));
+        assert_eq!(file.cuts.lock().len(), 2);
+        assert_eq!(rests, 2);
     }
 
     #[test]

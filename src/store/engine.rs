@@ -157,6 +157,9 @@ pub struct MaintenanceReport {
     pub memory_released: u64,
     /// True when the pass stopped at its work bound and more remains.
     pub more_work: bool,
+    /// Time the pass rested between the cuts of deleted segments, leaving
+    /// the disk to requests' syncs; its work took the rest of its length.
+    pub rested: Duration,
 }
 
 /// Storage under a [`Store`](crate::Store).
@@ -216,6 +219,11 @@ pub(crate) trait Engine: Send + Sync + 'static {
     fn flush(&self) -> Result<()> {
         Ok(())
     }
+
+    /// The store's last handle is going and waits for a maintenance pass
+    /// under way: work that paces itself to spare requests (the durable
+    /// log's release of deleted segments) may finish at full speed.
+    fn hurry(&self) {}
 
     /// The largest fencing token found in storage when it was opened, so
     /// new tokens continue above it.

@@ -14,6 +14,8 @@ use super::Shared;
 pub(crate) struct MaintenanceThread {
     stop: Option<Sender<()>>,
     handle: Option<JoinHandle<()>>,
+    /// Told to hurry a pass under way when the thread is stopped.
+    shared: Arc<Shared>,
 }
 
 impl MaintenanceThread {
@@ -22,9 +24,11 @@ impl MaintenanceThread {
             return MaintenanceThread {
                 stop: None,
                 handle: None,
+                shared: Arc::clone(shared),
             };
         };
         let (stop, stopped) = bounded::<()>(0);
+        let owner = Arc::clone(shared);
         let shared = Arc::clone(shared);
         let spawned = std::thread::Builder::new()
             .name("idemlog-maintenance".into())
@@ -37,7 +41,7 @@ impl MaintenanceThread {
                     }
                     let started = Instant::now();
                     let passed = catch_unwind(AssertUnwindSafe(|| shared.run_maintenance()));
-                    pause = pause_after(interval, started.elapsed());
+                    pause = pause_after(interval, worked(started.elapsed(), &passed));
                     if !keep_going(&shared, passed) {
                         return;
                     }
@@ -47,12 +51,14 @@ impl MaintenanceThread {
             Ok(handle) => MaintenanceThread {
                 stop: Some(stop),
                 handle: Some(handle),
+                shared: owner,
             },
             // No thread could be started: maintenance stays available on
             // demand through Store::run_maintenance.
             Err(_) => MaintenanceThread {
                 stop: None,
                 handle: None,
+                shared: owner,
             },
         }
     }
@@ -62,7 +68,7 @@ impl MaintenanceThread {
 /// pass took: passes then take at most 1/16 of the thread's time.
 const PAUSE_PER_PASS_TIME: u32 = 15;
 
-/// How long to wait after a pass that took `took`: the configured
+/// How long to wait after a pass that worked for `took`: the configured
 /// interval, or longer after a long pass, so that maintenance of a large
 /// index takes at most 1/16 of a core. (A pass scans every shard with
 /// anything due, in a store whose records keep coming due the whole index:
@@ -75,6 +81,18 @@ fn pause_after(interval: Duration, took: Duration) -> Duration {
 }
 
 /// Whether the thread goes on after a pass that ended with `passed`.
+/// How long a pass that took `took` worked: its length less the time it
+/// rested to leave the disk to requests, which costs no processor.
+fn worked(
+    took: Duration,
+    passed: &std::thread::Result<crate::Result<super::MaintenanceReport>>,
+) -> Duration {
+    match passed {
+        Ok(Ok(report)) => took.saturating_sub(report.rested),
+        _ => took,
+    }
+}
+
 fn keep_going(
     shared: &Shared,
     passed: std::thread::Result<crate::Result<super::MaintenanceReport>>,
@@ -100,6 +118,9 @@ impl Drop for MaintenanceThread {
     fn drop(&mut self) {
         drop(self.stop.take());
         if let Some(handle) = self.handle.take() {
+            // A pass under way would otherwise keep the closing store
+            // waiting for its paced work.
+            self.shared.engine.hurry();
             let _ = handle.join();
         }
     }
@@ -108,6 +129,25 @@ impl Drop for MaintenanceThread {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pass_is_paced_by_its_work_not_its_rests() {
+        let ms = Duration::from_millis;
+        let report = super::super::MaintenanceReport {
+            rested: ms(300),
+            ..Default::default()
+        };
+        assert_eq!(worked(ms(400), &Ok(Ok(report.clone()))), ms(100));
+        // A clock that stepped back mid-pass cannot make work negative.
+        assert_eq!(worked(ms(200), &Ok(Ok(report))), Duration::ZERO);
+        let failed = Err(crate::Error::Poisoned {
+            cause: "test".into(),
+        });
+        assert_eq!(worked(ms(400), &Ok(failed)), ms(400));
+        // Paced by work: a pass that worked 100 ms of 400 waits 1.5 s, not 6.
+        let second = Duration::from_secs(1);
+        assert_eq!(pause_after(second, ms(100)), ms(1500));
+    }
 
     #[test]
     fn a_short_pass_waits_the_interval() {
