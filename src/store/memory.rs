@@ -11,9 +11,9 @@ use crate::error::Result;
 use crate::record::Record;
 
 /// A table entry. The record lives in its shard's [`RecordSlab`]: a
-/// `Record` is about 200 bytes and a hash table runs up to half empty after
-/// it doubles, so inline records would cost ~450 B of table per record at
-/// 1 M records and every doubling would move them all. A table entry is 16
+/// `Record` is 184 bytes and a hash table runs up to half empty after it
+/// doubles, so inline records would cost up to ~370 B of table per record
+/// and every doubling would move them all. A table entry is 16
 /// bytes: the low half of the identity's table hash (see [`bucket_hash`]),
 /// the record's place and its expiry, copied next to the hash so a
 /// maintenance pass reads the table only, not every record.
