@@ -535,4 +535,24 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_hurried_engine_stops_resting_between_cuts() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::builder()
+            .durability(Durability::Sync)
+            .maintenance_interval(None)
+            .build();
+        let engine = LogEngine::open(
+            dir.path(),
+            &config,
+            Arc::new(OsFileSystem),
+            &IdentityHasher::new(),
+        )
+        .unwrap();
+        let ms = Duration::from_millis(1);
+        assert_eq!(engine.log.rest_after_cut(ms), ms);
+        engine.hurry();
+        assert_eq!(engine.log.rest_after_cut(ms), Duration::ZERO);
+    }
 }

@@ -822,7 +822,7 @@ impl Log {
     /// `took`: as long again (at most [`MAX_CUT_REST`]), so that giving
     /// blocks back holds the disk half the time at most; not at all once
     /// the store is closing, whose last handle waits for the pass.
-    fn rest_after_cut(&self, took: Duration) -> Duration {
+    pub(crate) fn rest_after_cut(&self, took: Duration) -> Duration {
         cut_rest(took, self.hurrying.load(Ordering::Relaxed))
     }
 

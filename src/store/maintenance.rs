@@ -129,6 +129,57 @@ impl Drop for MaintenanceThread {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::engine::{Change, Engine, EngineStats, Identity, Wait};
+    use crate::store::memory::MemoryEngine;
+    use crate::store::{MaintenanceReport, Store};
+    use crate::{Config, Record, Timestamp};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// An in-memory engine that notes being told to hurry.
+    struct Hurried {
+        inner: MemoryEngine,
+        told: Arc<AtomicBool>,
+    }
+
+    impl Engine for Hurried {
+        fn update(
+            &self,
+            id: Identity<'_>,
+            decide: &mut dyn FnMut(Option<&Record>) -> Change,
+        ) -> crate::Result<Wait> {
+            self.inner.update(id, decide)
+        }
+        fn get(&self, id: Identity<'_>) -> crate::Result<(Option<Record>, Wait)> {
+            self.inner.get(id)
+        }
+        fn maintain(&self, now: Timestamp) -> crate::Result<MaintenanceReport> {
+            self.inner.maintain(now)
+        }
+        fn stats(&self) -> EngineStats {
+            self.inner.stats()
+        }
+        fn hurry(&self) {
+            self.told.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_last_store_handle_hurries_the_maintenance_thread_before_waiting_for_it() {
+        let told = Arc::new(AtomicBool::new(false));
+        let engine = Hurried {
+            inner: MemoryEngine::new(1),
+            told: Arc::clone(&told),
+        };
+        let config = Config::builder()
+            .maintenance_interval(Some(Duration::from_secs(3600)))
+            .build();
+        let store = Store::with_engine(Box::new(engine), "hurried", config);
+        let other = store.clone();
+        drop(store);
+        assert!(!told.load(Ordering::SeqCst), "a handle is left");
+        drop(other);
+        assert!(told.load(Ordering::SeqCst));
+    }
 
     #[test]
     fn a_pass_is_paced_by_its_work_not_its_rests() {
